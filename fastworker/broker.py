@@ -1,0 +1,305 @@
+"""The only module that issues job Redis commands (style.md §4.6).
+
+Duties:
+1. fetch: move jobs atomically from ``queue:NAME`` into this process's in-progress list, many per
+   round trip (Lua + LMOVE), in strict or per-slot weighted order.
+2. wait: with every queue empty, block on the queues (a BLMOVE that puts the job straight back)
+   instead of polling, so an idle worker sends a few commands a second and wakes within a
+   millisecond of a push.
+3. ack: remove finished jobs from the in-progress list, batched into one pipeline per event-loop
+   turn, together with the Sidekiq stat counters; retried until it lands.
+4. requeue / retry / kill: move a job out of the in-progress list to the head of its queue, the
+   retry set or the dead set, in one MULTI each, retried until it lands.
+
+A job is always in exactly one of: its queue, an in-progress list, the retry/schedule/dead set.
+The in-progress list is what makes a crash survivable: the recoverer puts its jobs back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis import exceptions as rexc
+
+from . import scripts
+from .keys import STATS_TTL, Keys
+from .log import log
+
+REDIS_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.TryAgainError,
+                rexc.ReadOnlyError, rexc.ClusterDownError, OSError, ConnectionError)
+
+
+class RedisHealth:
+    """Shared view of whether Redis answers: read by /readyz and the logs."""
+
+    __slots__ = ("ok", "down_since", "errors", "on_change")
+
+    def __init__(self) -> None:
+        self.ok = True
+        self.down_since: float | None = None
+        self.errors = 0
+        self.on_change: Callable[[bool], None] | None = None
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self.ok:
+            self.ok = False
+            self.down_since = time.monotonic()
+            log.error("redis_connection_lost", op=op, error_class=type(exc).__name__, error_message=str(exc))
+            if self.on_change:
+                self.on_change(False)
+
+    def succeeded(self) -> None:
+        if not self.ok:
+            down = time.monotonic() - (self.down_since or time.monotonic())
+            self.ok = True
+            self.down_since = None
+            log.info("redis_connection_back", downtime_ms=round(down * 1000))
+            if self.on_change:
+                self.on_change(True)
+
+
+async def until_ok(op: str, fn: Callable[[], Awaitable[Any]], health: RedisHealth,
+                   stopping: Callable[[], bool] = lambda: False, max_delay: float = 5.0) -> Any:
+    """Run ``fn`` until Redis accepts it, with capped exponential backoff and jitter.
+
+    Gives up (re-raises) only once ``stopping()`` is true: the job is then still safe in the
+    in-progress list, where the recoverer finds it.
+    """
+    delay = 0.05
+    while True:
+        try:
+            result = await fn()
+        except REDIS_ERRORS as exc:
+            health.failed(op, exc)
+            if stopping():
+                raise
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay)
+            continue
+        health.succeeded()
+        return result
+
+
+def utc_day(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+class Broker:
+    def __init__(self, redis: Any, blocking_redis: Any, keys: Keys, identity: str,
+                 queues: Sequence[str], health: RedisHealth | None = None) -> None:
+        self.redis = redis
+        self.blocking_redis = blocking_redis
+        self.keys = keys
+        self.identity = identity
+        self.queues = list(queues)
+        self.health = health or RedisHealth()
+        self.stopping = False
+        self._fetch_script = redis.register_script(scripts.FETCH)
+        self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
+        self._fetch_keys: list[str] = []
+        for q in self.queues:
+            self._fetch_keys.append(keys.queue(q))
+            self._fetch_keys.append(keys.inprogress(identity, q))
+        self._inprogress = {q: keys.inprogress(identity, q) for q in self.queues}
+        # batched acks and stat counters
+        self._acks: list[tuple[str, bytes]] = []
+        self._processed = 0
+        self._failed = 0
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_wanted = False
+
+    def _stop_flag(self) -> bool:
+        return self.stopping
+
+    def inprogress_key(self, queue: str) -> str:
+        key = self._inprogress.get(queue)
+        if key is None:
+            key = self._inprogress[queue] = self.keys.inprogress(self.identity, queue)
+        return key
+
+    async def register(self) -> None:
+        """Record which in-progress lists this process owns, for the recoverer."""
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.sadd(self.keys.fw_processes, self.identity)
+                p.sadd(self.keys.inprogress_queues(self.identity), *self.queues)
+                await p.execute()
+        await until_ok("register", op, self.health)
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    async def fetch(self, n: int, orders: bytes = b"") -> list[tuple[str, bytes]]:
+        """Move up to ``n`` jobs into the in-progress lists; return (queue, raw) pairs.
+
+        ``orders``: b"" for strict order, else ``n`` permutations of queue indexes (1-based bytes).
+        Raises a Redis error on failure (the caller backs off).
+        """
+        flat = await self._fetch_script(keys=self._fetch_keys, args=[n, orders])
+        queues = self.queues
+        return [(queues[flat[i] - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def wait_for_job(self, queue: str, timeout: float) -> bool:
+        """Block until ``queue`` has a job (or ``timeout``); the job is left where it was.
+
+        BLMOVE from the queue to itself, right to right, pops the next job and pushes it straight
+        back to the same end in one atomic step: nothing is ever outside the list.
+        """
+        key = self.keys.queue(queue)
+        got = await self.blocking_redis.blmove(key, key, timeout, "RIGHT", "RIGHT")
+        return got is not None
+
+    # -- ack and stats -----------------------------------------------------------------------
+
+    def ack(self, queue: str, raw: bytes, processed: int = 1, failed: int = 0) -> None:
+        """Queue the removal of a finished job from the in-progress list (and count it)."""
+        self._acks.append((queue, raw))
+        self._processed += processed
+        self._failed += failed
+        self._want_flush()
+
+    def count(self, processed: int = 0, failed: int = 0) -> None:
+        self._processed += processed
+        self._failed += failed
+        self._want_flush()
+
+    def _want_flush(self) -> None:
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        else:
+            self._flush_wanted = True
+
+    async def _flush_loop(self) -> None:
+        try:
+            while True:
+                self._flush_wanted = False
+                await asyncio.sleep(0)  # let this turn's finishing jobs join the batch
+                await self._flush_once()
+                if not (self._acks or self._processed or self._failed):
+                    break
+        finally:
+            self._flush_task = None
+
+    async def _flush_once(self) -> None:
+        acks, self._acks = self._acks, []
+        processed, self._processed = self._processed, 0
+        failed, self._failed = self._failed, 0
+        if not (acks or processed or failed):
+            return
+
+        async def op() -> None:
+            p = self.redis.pipeline(transaction=False)
+            for queue, raw in acks:
+                p.lrem(self.inprogress_key(queue), 1, raw)
+            self._stats_into(p, processed, failed)
+            await p.execute()
+
+        try:
+            await until_ok("ack", op, self.health, self._stop_flag)
+        except REDIS_ERRORS:
+            # stopping with Redis down: keep them for the final flush attempt; the jobs are still
+            # in the in-progress list, so at worst the recoverer runs them again (never lost)
+            self._acks[:0] = acks
+            self._processed += processed
+            self._failed += failed
+            raise
+
+    def _stats_into(self, p: Any, processed: int, failed: int) -> None:
+        if not (processed or failed):
+            return
+        day = utc_day(time.time())
+        k = self.keys
+        if processed:
+            p.incrby(k.stat_processed, processed)
+            p.incrby(k.stat_processed_day(day), processed)
+            p.expire(k.stat_processed_day(day), STATS_TTL)
+        if failed:
+            p.incrby(k.stat_failed, failed)
+            p.incrby(k.stat_failed_day(day), failed)
+            p.expire(k.stat_failed_day(day), STATS_TTL)
+
+    async def flush(self) -> None:
+        """Wait until every queued ack and counter has landed (used at shutdown and by tests)."""
+        while self._flush_task is not None:
+            await asyncio.shield(self._flush_task)
+        if self._acks or self._processed or self._failed:
+            await self._flush_once()
+
+    @property
+    def pending_acks(self) -> int:
+        return len(self._acks)
+
+    # -- moves out of the in-progress list ---------------------------------------------------
+
+    async def requeue(self, queue: str, raw: bytes) -> None:
+        """Put a job back at the head of its queue (RPUSH: it is the next one popped)."""
+        await self.bulk_requeue([(queue, raw)])
+
+    async def bulk_requeue(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if not items:
+            return
+
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                for queue, raw in items:
+                    p.rpush(self.keys.queue(queue), raw)
+                    p.lrem(self.inprogress_key(queue), 1, raw)
+                await p.execute()
+
+        await until_ok("requeue", op, self.health, self._stop_flag)
+
+    async def return_inprogress(self, identity: str | None = None, queues: Sequence[str] | None = None) -> int:
+        """Move every job left in an in-progress list back to the head of its queue.
+
+        Used at the end of a clean shutdown (for this process) and by the recoverer (for a
+        process whose heartbeat expired). Returns how many jobs moved.
+        """
+        identity = identity or self.identity
+        if queues is None:
+            queues = self.queues
+        moved = 0
+        for q in queues:
+            moved += await self._return_script(keys=[self.keys.inprogress(identity, q), self.keys.queue(q)])
+        return moved
+
+    async def unregister(self) -> None:
+        """Clean shutdown: our in-progress lists are empty, forget them."""
+        async with self.redis.pipeline(transaction=True) as p:
+            p.srem(self.keys.fw_processes, self.identity)
+            p.delete(self.keys.inprogress_queues(self.identity))
+            await p.execute()
+
+    async def retry(self, queue: str, raw: bytes, member: bytes, score: float,
+                    processed: int = 1, failed: int = 1) -> None:
+        """ZADD the retry entry and drop the job from the in-progress list, atomically."""
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zadd(self.keys.retry, {member: score})
+                p.lrem(self.inprogress_key(queue), 1, raw)
+                await p.execute()
+
+        await until_ok("retry", op, self.health, self._stop_flag)
+        self.count(processed, failed)
+
+    async def kill(self, queue: str | None, raw: bytes, member: bytes, now: float,
+                   max_jobs: int, timeout: int, processed: int = 1, failed: int = 1) -> None:
+        """Add to the dead set, trimmed as Sidekiq trims it (§4.6), and drop from in-progress."""
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zadd(self.keys.dead, {member: now})
+                p.zremrangebyscore(self.keys.dead, "-inf", f"({now - timeout}")
+                p.zremrangebyrank(self.keys.dead, 0, -max_jobs)
+                if queue is not None:
+                    p.lrem(self.inprogress_key(queue), 1, raw)
+                await p.execute()
+
+        await until_ok("kill", op, self.health, self._stop_flag)
+        self.count(processed, failed)
+
+    async def drop(self, queue: str, raw: bytes, processed: int = 1, failed: int = 1) -> None:
+        """Remove a finished job that goes nowhere (retry: false, discard)."""
+        self.ack(queue, raw, processed, failed)

@@ -1,0 +1,27 @@
+"""Time, injectable: wall-clock for what is stored, monotonic for durations (Sidekiq component.rb)."""
+
+from __future__ import annotations
+
+import time
+
+
+class Clock:
+    """Real clock. Tests may pass a subclass with fixed or advancing values."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        """Epoch seconds (float), for what is stored in Redis."""
+        return time.time()
+
+    def mono(self) -> float:
+        """Monotonic seconds, for elapsed times and deadlines."""
+        return time.monotonic()
+
+
+def sidekiq_time(now: float, ms: bool) -> float | int:
+    """A timestamp in the job's own format: float seconds (Sidekiq <= 7) or int ms (Sidekiq 8)."""
+    return int(now * 1000) if ms else now
+
+
+REAL_CLOCK = Clock()

@@ -1,0 +1,165 @@
+"""The fetch loop (Sidekiq fetch.rb + processor.rb#fetch), one task per process.
+
+Duties:
+1. fetch only while a concurrency token is free (plus a small prefetch bound): with every token
+   taken, fetching pauses, and at most ``prefetch`` jobs ever wait fetched-but-not-started;
+2. many jobs per round trip when queues are deep (one Lua call moves a batch);
+3. queue order: strict (the given order, every time) or weighted (a fresh shuffle of the
+   expanded list per job slot, de-duplicated: Sidekiq's per-fetch shuffle);
+4. with every queue empty, block instead of polling: one waker per queue blocks on it and wakes
+   the fetch loop the moment a job is pushed;
+5. decode each job (the core); an undecodable one goes to the dead set with the reason;
+6. after quiet or stop began, jobs fetched in flight go back to the head of their queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any, Sequence
+
+from . import core
+from .breaker import Breaker
+from .broker import REDIS_ERRORS, Broker
+from .limiter import Limiter
+from .log import log
+from .manager import Manager
+from .processor import Processor
+
+BATCH_MAX = 64
+WAKER_TIMEOUT = 2.0  # seconds a waker blocks per command: an idle worker sends ~0.5 cmd/s per queue
+
+
+class Fetcher:
+    def __init__(self, broker: Broker, limiter: Limiter, manager: Manager, processor: Processor,
+                 breaker: Breaker, queues: Sequence[tuple[str, int]], prefetch: int) -> None:
+        self.broker = broker
+        self.limiter = limiter
+        self.manager = manager
+        self.processor = processor
+        self.breaker = breaker
+        names: list[str] = []
+        for name, _ in queues:
+            if name not in names:
+                names.append(name)
+        self.names = names
+        self.strict = all(w == 0 for _, w in queues)
+        # the expanded list as queue indexes (1-based), each repeated max(weight, 1) times
+        self._expanded = [names.index(n) + 1 for n, w in queues for _ in range(max(w, 1))]
+        self.prefetch = prefetch
+        self.quiet = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._wakers: list[asyncio.Task[None]] = []
+        self.fetched = 0
+        self.round_trips = 0
+
+    # -- queue order ---------------------------------------------------------------------------
+
+    def orders(self, n: int) -> bytes:
+        if self.strict or len(self.names) == 1:
+            return b""
+        exp = self._expanded[:]
+        out = bytearray()
+        shuffle = random.shuffle
+        for _ in range(n):
+            shuffle(exp)
+            out += bytes(dict.fromkeys(exp))
+        return bytes(out)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Quiet: no new fetches from now on (TSTP, or the first step of TERM)."""
+        self.quiet = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        try:
+            while not self.quiet:
+                await self.limiter.wait_free()
+                if self.quiet:
+                    break
+                if not self.breaker.allow_fetch():
+                    await self._sleep_or_wake(0.1)
+                    continue
+                n = min(self.limiter.free + self.prefetch, BATCH_MAX)
+                if self.breaker.state != "closed":
+                    n = 1
+                try:
+                    items = await self.broker.fetch(n, self.orders(n))
+                except REDIS_ERRORS as exc:
+                    self.broker.health.failed("fetch", exc)
+                    await self._sleep_or_wake(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.05
+                self.broker.health.succeeded()
+                self.round_trips += 1
+                if not items:
+                    await self._idle_wait()
+                    continue
+                self.fetched += len(items)
+                await self._dispatch(items)
+        finally:
+            for t in self._wakers:
+                t.cancel()
+            if self._wakers:
+                await asyncio.wait(self._wakers, timeout=1.0)
+            self._wakers = []
+
+    async def _dispatch(self, items: list[tuple[str, bytes]]) -> None:
+        for i, (queue, raw) in enumerate(items):
+            try:
+                env = core.decode_envelope(raw)
+            except core.PayloadError as exc:
+                await self.processor.kill_bad(queue, raw, f"undecodable payload: {exc}")
+                continue
+            if not self.limiter.try_acquire():
+                await self.limiter.acquire()
+            if self.quiet:
+                # quiet or stop began while this batch was in hand: put the rest back, next in line
+                self.limiter.release()
+                rest = [(queue, raw)] + list(items[i + 1:])
+                await self.broker.bulk_requeue(rest[::-1])
+                log.info("fetch_requeued", count=len(rest), reason="quiet")
+                return
+            self.manager.spawn(queue, env)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _idle_wait(self) -> None:
+        if not self._wakers:
+            loop = asyncio.get_running_loop()
+            self._wakers = [loop.create_task(self._waker(q)) for q in self.names]
+        self._wake.clear()
+        self._idle.set()
+        try:
+            await asyncio.wait_for(self._wake.wait(), WAKER_TIMEOUT + 0.5)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._idle.clear()
+
+    async def _waker(self, queue: str) -> None:
+        while True:
+            await self._idle.wait()
+            try:
+                got = await self.broker.wait_for_job(queue, WAKER_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                self.broker.health.failed("wait", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if got:
+                self._wake.set()

@@ -1,0 +1,66 @@
+"""Every Redis key fastworker reads or writes, Sidekiq's and its own, in one place.
+
+Sidekiq's keys (sidekiq-compat.md §2.1) are written exactly as Sidekiq writes them so that the
+Ruby client, Sidekiq::API and Sidekiq::Web see one consistent picture. fastworker's private keys
+carry the ``fastworker:`` prefix. An optional namespace (Sidekiq 6.x redis-namespace users)
+prefixes every key, never a value.
+"""
+
+from __future__ import annotations
+
+STATS_TTL = 5 * 365 * 24 * 60 * 60  # Sidekiq keeps daily stats five years
+
+
+class Keys:
+    __slots__ = ("prefix", "queues", "schedule", "retry", "dead", "processes",
+                 "stat_processed", "stat_failed", "fw_processes", "fw_recovered",
+                 "process_cleanup")
+
+    def __init__(self, namespace: str = "") -> None:
+        p = f"{namespace}:" if namespace else ""
+        self.prefix = p
+        self.queues = p + "queues"
+        self.schedule = p + "schedule"
+        self.retry = p + "retry"
+        self.dead = p + "dead"
+        self.processes = p + "processes"
+        self.stat_processed = p + "stat:processed"
+        self.stat_failed = p + "stat:failed"
+        self.process_cleanup = p + "process_cleanup"
+        # fastworker's own: identities that own in-progress lists, and poison-pill counts by jid
+        self.fw_processes = p + "fastworker:processes"
+        self.fw_recovered = p + "fastworker:recovered"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}queue:{name}"
+
+    def queue_name(self, key: str) -> str:
+        return key[len(self.prefix) + 6:]
+
+    def stat_processed_day(self, day: str) -> str:
+        return f"{self.stat_processed}:{day}"
+
+    def stat_failed_day(self, day: str) -> str:
+        return f"{self.stat_failed}:{day}"
+
+    def process(self, identity: str) -> str:
+        return self.prefix + identity
+
+    def work(self, identity: str) -> str:
+        """Busy-jobs hash, Sidekiq 6.5+ name."""
+        return f"{self.prefix}{identity}:work"
+
+    def workers(self, identity: str) -> str:
+        """Busy-jobs hash, Sidekiq 6.4.1 name (both are written)."""
+        return f"{self.prefix}{identity}:workers"
+
+    def signals(self, identity: str) -> str:
+        return f"{self.prefix}{identity}-signals"
+
+    def inprogress(self, identity: str, queue: str) -> str:
+        """This process's private list of jobs fetched from ``queue`` and not yet finished."""
+        return f"{self.prefix}fastworker:inprogress:{identity}:{queue}"
+
+    def inprogress_queues(self, identity: str) -> str:
+        """Set of queue names this process has in-progress lists for (read by the recoverer)."""
+        return f"{self.prefix}fastworker:inprogress-queues:{identity}"

@@ -1,0 +1,265 @@
+"""Builds the components and owns start order, shutdown order and signals (asynq server.go).
+
+Start:    Redis clients -> broker registration -> sidecar client -> HTTP server -> heartbeat ->
+          scheduler -> recoverer -> fetcher (producers last, so everything they feed is ready).
+Shutdown (TERM/INT, or ``stop!`` from the Web UI):
+          readiness off -> fetcher and scheduler stop (quiet) -> in-flight jobs get until
+          ``timeout`` -> the unfinished are requeued byte-identical at the head of their queue ->
+          acks flushed -> anything left in our in-progress lists goes back -> heartbeat cleared
+          -> clients closed -> exit 0. A second TERM ends the wait at once.
+TSTP:     quiet only (no fetching, no scheduling; in-flight jobs finish; the process stays).
+TTIN:     log what every in-flight job is doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from . import retry
+from .breaker import Breaker
+from .broker import Broker, RedisHealth
+from .clock import REAL_CLOCK, Clock
+from .config import Config
+from .fetcher import Fetcher
+from .keys import Keys
+from .limiter import Limiter
+from .log import configure, log
+from .manager import Manager
+from .processor import Processor
+from .sidecar_client import SidecarClient
+
+
+def make_identity() -> str:
+    host = os.environ.get("DYNO") or socket.gethostname()
+    return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+def redis_client(url: str, max_connections: int, blocking: bool = False) -> Any:
+    """A redis-py asyncio client (hiredis parser when installed) for a redis:// or sentinel URL."""
+    from .redis_url import connect
+    return connect(url, max_connections=max_connections, blocking=blocking)
+
+
+class Launcher:
+    def __init__(self, config: Config, clock: Clock = REAL_CLOCK, identity: str | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.identity = identity or make_identity()
+        self.keys = Keys(config.namespace)
+        names: list[str] = []
+        for name, _ in config.queues:
+            if name not in names:
+                names.append(name)
+        self.queue_names = names
+        self.health = RedisHealth()
+        self.stopping = False
+        self.quiet = False
+        self.started_at = clock.now()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._deadline: float | None = None
+        self.components: list[Any] = []  # optional loops with start()/stop() (heartbeat, scheduler, ...)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        self.redis = redis_client(c.redis_url, max_connections=16)
+        self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True)
+        self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
+        await self.broker.register()
+        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
+        await self.sidecar.start()
+        self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
+        self.limiter = Limiter(c.concurrency)
+        self.metrics = self._make_metrics()
+        self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
+                                   retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
+                                   c.dead_timeout, self.metrics)
+        self.manager = Manager(self.processor, self.limiter, self.broker, self.clock)
+        prefetch = c.prefetch or min(c.concurrency, 32)
+        self.fetcher = Fetcher(self.broker, self.limiter, self.manager, self.processor, self.breaker,
+                               c.queues, prefetch)
+        for comp in self._optional_components():
+            await comp.start()
+            self.components.append(comp)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._flush_logs()))
+        self._tasks.append(loop.create_task(self._breaker_probe()))
+        self.fetch_task = loop.create_task(self.fetcher.run())
+        log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
+                 sidecar_url=c.sidecar_url, core=__import__("fastworker.core", fromlist=["x"]).IMPLEMENTATION,
+                 loop=type(loop).__module__)
+
+    def _make_metrics(self) -> Any:
+        try:
+            from .metrics import Metrics
+        except ImportError:
+            return None
+        return Metrics(self)
+
+    def _optional_components(self) -> list[Any]:
+        """Loops beside the job path; each module is optional so the core path stands alone."""
+        comps: list[Any] = []
+        for modname, cls in (("http_server", "HttpServer"), ("heartbeat", "Heartbeat"),
+                             ("scheduler", "Scheduler"), ("recoverer", "Recoverer")):
+            try:
+                mod = __import__(f"fastworker.{modname}", fromlist=[cls])
+            except ImportError:
+                continue
+            comps.append(getattr(mod, cls)(self))
+        return comps
+
+    # -- signals and remote commands ------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "TERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "INT")
+        loop.add_signal_handler(signal.SIGTSTP, self.request_quiet, "TSTP")
+        loop.add_signal_handler(signal.SIGTTIN, self.dump_busy)
+
+    def handle_signal_name(self, name: str) -> None:
+        """A signal sent through Redis (``<identity>-signals``, the Web UI's Quiet/Stop)."""
+        if name == "TSTP":
+            self.request_quiet("TSTP")
+        elif name in ("TERM", "INT"):
+            self.request_stop(name)
+        elif name in ("TTIN", "INFO"):
+            self.dump_busy()
+        else:
+            log.warn("signal_ignored", signal=name)
+
+    def request_quiet(self, source: str = "TSTP") -> None:
+        if self.quiet:
+            return
+        self.quiet = True
+        log.info("quiet", source=source)
+        self.fetcher.stop()
+        for comp in self.components:
+            q = getattr(comp, "quiet", None)
+            if q is not None:
+                q()
+
+    def request_stop(self, source: str = "TERM") -> None:
+        if self.stopping:
+            # a second TERM: stop waiting for in-flight jobs
+            log.warn("shutdown_hurry", source=source)
+            self._deadline = self.clock.mono()
+            return
+        self.stopping = True
+        log.info("shutdown_begin", source=source, timeout_s=self.config.timeout)
+        self._stop.set()
+
+    def dump_busy(self) -> None:
+        now = self.clock.now()
+        busy = list(self.manager.busy.values())
+        log.warn("busy_dump", count=len(busy))
+        for w in busy:
+            log.warn("busy_job", tid=w.tid, jid=w.env.jid, **{"class": w.env.display_class}, queue=w.queue,
+                     running_s=round(now - w.run_at, 3))
+
+    # -- run and shutdown ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        await self.start()
+        await self._stop.wait()
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        c = self.config
+        self._deadline = self.clock.mono() + c.timeout
+        self.request_quiet("shutdown")
+        for comp in self.components:
+            sp = getattr(comp, "stopping", None)
+            if sp is not None:
+                sp()
+        # the fetch loop finishes its round trip and puts back what it holds
+        await self._wait_task(self.fetch_task)
+        while self.manager.busy:
+            if await self.manager.drain(min(self._deadline, self.clock.mono() + 0.5)):
+                break
+            if self.clock.mono() >= self._deadline:
+                break
+        if self.manager.busy:
+            n = await self.manager.hard_shutdown()
+            log.info("shutdown_hard", requeued=n)
+        self.broker.stopping = True
+        try:
+            await self.broker.flush()
+            moved = await self.broker.return_inprogress()
+            if moved:
+                log.warn("shutdown_returned_inprogress", count=moved)
+            await self.broker.unregister()
+        except Exception as exc:  # Redis down: the jobs stay in our in-progress lists for the recoverer
+            log.error("shutdown_flush_failed", error_class=type(exc).__name__, error_message=str(exc))
+        for comp in reversed(self.components):
+            try:
+                await comp.stop()
+            except Exception as exc:
+                log.error("component_stop_failed", component=type(comp).__name__, error_message=str(exc))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sidecar.close()
+        await self.redis.aclose()
+        await self.blocking_redis.aclose()
+        log.info("shutdown_complete")
+        log.flush()
+
+    async def _wait_task(self, task: asyncio.Task[Any]) -> None:
+        remaining = max(0.1, (self._deadline or 0) - self.clock.mono())
+        done, _ = await asyncio.wait([task], timeout=remaining)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            log.flush()
+
+    async def _breaker_probe(self) -> None:
+        """While the circuit is open, probe GET /health after the cooldown; half-open on success."""
+        while True:
+            await asyncio.sleep(0.2)
+            b = self.breaker
+            if b.cooldown_over():
+                if await self.sidecar.health():
+                    b.half_open()
+                    self.fetcher.wake()
+                else:
+                    b.probe_failed("health check failed")
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping"
+        if not self.health.ok:
+            return False, "redis unavailable"
+        if self.breaker.state == "open":
+            return False, "sidecar circuit open"
+        return True, "ok"
+
+
+async def _amain(config: Config) -> int:
+    launcher = Launcher(config)
+    launcher.install_signals()
+    return await launcher.run()
+
+
+def run(config: Config) -> int:
+    """Entry point used by the CLI: uvloop, JSON logs, run until stopped."""
+    import uvloop
+
+    configure(config.log_level, config.log_format)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_amain(config))

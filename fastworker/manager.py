@@ -1,0 +1,90 @@
+"""Owns the in-flight jobs (Sidekiq manager.rb).
+
+Duties:
+1. spawn a task per job (the token is already taken) and keep the busy map the heartbeat publishes;
+2. on each finish: drop it from the busy map and release its token (in the task's ``finally``);
+3. ``drain(deadline)``: wait for in-flight jobs to finish;
+4. ``hard_shutdown()``: requeue every job still running, byte-identical at the head of its queue,
+   THEN cancel its task. The requeue comes first on purpose: a job that runs twice is better than
+   a job that is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .broker import Broker
+from .clock import Clock
+from .limiter import Limiter
+from .log import log
+from .processor import Processor, Work
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if not n:
+            return out
+
+
+class Manager:
+    def __init__(self, processor: Processor, limiter: Limiter, broker: Broker, clock: Clock) -> None:
+        self.processor = processor
+        self.limiter = limiter
+        self.broker = broker
+        self.clock = clock
+        self.busy: dict[str, Work] = {}
+        self._seq = 0
+        self._idle: asyncio.Event | None = None
+        processor.on_finished = self._finished
+
+    def spawn(self, queue: str, env: Any) -> Work:
+        """Start one job; the caller already holds a token for it."""
+        self._seq += 1
+        work = Work(queue, env, _base36(self._seq), self.clock.now())
+        self.busy[work.tid] = work
+        work.task = asyncio.get_running_loop().create_task(self.processor.process(work))
+        return work
+
+    def _finished(self, work: Work) -> None:
+        if self.busy.pop(work.tid, None) is not None:
+            self.limiter.release()
+        if not self.busy and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until nothing is in flight or the monotonic ``deadline``; True if all finished."""
+        while self.busy:
+            remaining = deadline - self.clock.mono()
+            if remaining <= 0:
+                return False
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.5))
+            except asyncio.TimeoutError:
+                pass
+        return True
+
+    async def hard_shutdown(self) -> int:
+        works = list(self.busy.values())
+        if not works:
+            return 0
+        for w in works:
+            w.abandoned = True
+        items = [(w.queue, w.env.raw) for w in works]
+        try:
+            await self.broker.bulk_requeue(items)
+            log.warn("shutdown_requeued", count=len(items), jids=[w.env.jid for w in works][:50])
+        except Exception as exc:  # Redis down at the deadline: they stay in the in-progress list
+            log.error("shutdown_requeue_failed", count=len(items), error_class=type(exc).__name__,
+                      error_message=str(exc))
+        tasks = [w.task for w in works if w.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=3.0)
+        return len(items)

@@ -1,0 +1,125 @@
+"""A STUB sidecar: a small aiohttp server that speaks the sidecar protocol without Ruby.
+
+For worker-only tests, fault injection and benchmarks; the real sidecar is sidecar/ (Rails).
+Behaviour by the job's class:
+  FailJob       -> 422 RuntimeError, message = args[0] (or "boom"); "backtrace": 3 fake lines
+  SlowJob       -> sleeps args[0] seconds, then 200
+  KillJob       -> 422 with retry_in "kill";  DiscardJob -> 422 with retry_in "discard"
+  RetryInJob    -> 422 with retry_in = args[0]
+  anything else -> 200
+Admin: GET /_stats -> {"count", "peak", "in_flight", "records": [{"jid", "raw", "t", "key"}]} (records
+only with --record); POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
+{"status": null} restores it. POST /_reset clears the records. /exhausted calls are recorded too.
+Run: python tests/helpers/stub_sidecar.py --port 3999 [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import orjson
+from aiohttp import web
+
+
+class Stub:
+    def __init__(self, record: bool) -> None:
+        self.record = record
+        self.count = 0
+        self.in_flight = 0
+        self.peak = 0
+        self.records: list[dict] = []
+        self.exhausted_calls: list[dict] = []
+        self.mode_status: int | None = None
+        self.retry_after: float | None = None
+
+    async def perform(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if self.mode_status is not None:
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+            return web.Response(status=self.mode_status, body=b'{"status":"unavailable"}', headers=headers)
+        self.in_flight += 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
+        try:
+            try:
+                job = orjson.loads(raw)
+                klass = job["class"]
+                args = job["args"]
+            except Exception as exc:  # noqa: BLE001
+                return web.Response(status=400, body=orjson.dumps({"error": str(exc)}))
+            self.count += 1
+            if self.record:
+                self.records.append({"jid": job.get("jid"), "raw": raw.decode(), "t": time.time(),
+                                     "key": request.headers.get("Idempotency-Key")})
+            if klass == "SlowJob":
+                await asyncio.sleep(float(args[0]))
+            elif klass in ("FailJob", "KillJob", "DiscardJob", "RetryInJob"):
+                retry_in = {"KillJob": "kill", "DiscardJob": "discard"}.get(klass)
+                if klass == "RetryInJob":
+                    retry_in = args[0]
+                body = {"jid": job.get("jid"), "status": "failed", "error_class": "RuntimeError",
+                        "error_message": str(args[0]) if (args and klass == "FailJob") else "boom",
+                        "backtrace": ["app/jobs/fail_job.rb:3:in `perform'", "lib/a.rb:1", "lib/b.rb:2"],
+                        "retry_in": retry_in}
+                return web.Response(status=422, body=orjson.dumps(body), content_type="application/json")
+            return web.Response(body=b'{"status":"done"}', content_type="application/json")
+        finally:
+            self.in_flight -= 1
+
+    async def exhausted(self, request: web.Request) -> web.Response:
+        self.exhausted_calls.append(orjson.loads(await request.read()))
+        return web.Response(body=b'{"status":"done","result":null}', content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.mode_status is not None:
+            return web.Response(status=503, body=b'{"status":"unavailable"}')
+        return web.Response(body=b'{"status":"ok","stub":true}', content_type="application/json")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "in_flight": self.in_flight,
+                                               "records": self.records, "exhausted": self.exhausted_calls}),
+                            content_type="application/json")
+
+    async def mode(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.mode_status = body.get("status")
+        self.retry_after = body.get("retry_after")
+        return web.Response(body=b"{}")
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.records.clear()
+        self.exhausted_calls.clear()
+        self.count = 0
+        self.peak = 0
+        return web.Response(body=b"{}")
+
+
+def make_app(record: bool) -> web.Application:
+    stub = Stub(record)
+    app = web.Application()
+    app.router.add_post("/perform", stub.perform)
+    app.router.add_post("/exhausted", stub.exhausted)
+    app.router.add_get("/health", stub.health)
+    app.router.add_get("/_stats", stub.stats)
+    app.router.add_post("/_mode", stub.mode)
+    app.router.add_post("/_reset", stub.reset)
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(args.record), host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
