@@ -1,0 +1,46 @@
+"""The ``fastworker`` command.
+
+Duties:
+1. Turn argv + environment (+ the ``-C`` file) into a ``Config`` (fastworker.config).
+2. Answer ``--help`` and ``--version`` (exit 0), and report a bad option as
+   ``fastworker: error: <message naming the option>`` on stderr (exit 2, like argparse).
+3. Hand the Config to ``fastworker.launcher.run`` and return its exit code.
+
+The launcher (asyncio, uvloop, redis, aiohttp) is imported only after the configuration is valid,
+so ``--help`` and usage errors stay fast and never depend on those packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from fastworker import __version__
+from fastworker.config import ConfigError, build_parser, config_from_args, parse_args
+
+USAGE_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Console entry point (setuptools wraps it as ``sys.exit(main())``)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ if env is None else env
+    try:
+        ns = parse_args(args)
+        if ns.help:
+            sys.stdout.write(build_parser().format_help())
+            return 0
+        if ns.version:
+            print(f"fastworker {__version__}")
+            return 0
+        config = config_from_args(ns, environ)
+    except ConfigError as exc:
+        print(f"fastworker: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+
+    # Heavy imports (asyncio, uvloop, redis, aiohttp) only once the configuration is known to be good.
+    launcher = importlib.import_module("fastworker.launcher")
+    code = launcher.run(config)
+    return 0 if code is None else int(code)

@@ -1,0 +1,921 @@
+"""Configuration: command line, environment and Sidekiq YAML → one frozen ``Config``.
+
+Duties:
+1. Declare every option once (``OPTIONS``): its Config field, flags, environment variables, YAML keys,
+   parser and help text. The argparse parser, the env reader and the YAML reader are all built from it.
+2. Resolve each field by precedence: flag > environment > file (``-C``) > default.
+3. Read a Sidekiq ``config/sidekiq.yml`` as Sidekiq does (``cli.rb#parse_config``): ERB first (a small,
+   safe subset: ENV lookups and literals, never Ruby), then YAML with ``:symbol`` keys, then the section
+   named after the environment merged over the top level. Unknown keys are ignored, as Sidekiq does.
+4. Validate, and name the culprit in every error: the flag (``--concurrency``), the environment variable
+   (``FASTWORKER_CONCURRENCY``) or the file and key (``config/sidekiq.yml: key :concurrency``).
+
+This module imports nothing heavier than argparse and PyYAML (lazily), so ``--help`` and usage errors
+stay fast and never touch asyncio, redis or aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["OPTIONS", "Config", "ConfigError", "build_parser", "config_from_args", "load_config", "parse_args"]
+
+
+class ConfigError(Exception):
+    """A bad option value; the message starts with what to fix (flag, env var, or file and key)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the worker needs to know, already validated.
+
+    ``queues`` holds ``(name, weight)`` pairs in the order given, duplicates included; weight 0 means no
+    weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
+    ``expanded_queues``.
+    """
+
+    queues: tuple[tuple[str, int], ...] = (("default", 0),)
+    concurrency: int = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    sidecar_url: str = "http://127.0.0.1:3001"
+    http_host: str = "0.0.0.0"
+    http_port: int = 9394  # 0 disables the HTTP server
+    timeout: float = 25.0  # shutdown grace period, seconds
+    tag: str = ""
+    labels: tuple[str, ...] = ()
+    log_format: str = "json"  # json | text
+    log_level: str = "info"  # debug | info | warn | warning | error
+    environment: str | None = None
+    namespace: str = ""  # key prefix for redis-namespace users (Sidekiq 6.x)
+    sidekiq_version: str = "auto"  # auto | 6 | 7 | 8: jitter/timestamp flavour; auto = per job
+    poll_interval: float = 1.0  # scheduler average, seconds
+    heartbeat_interval: float = 5.0
+    process_ttl: int = 60
+    prefetch: int = 0  # 0 = auto, see effective_prefetch
+    max_retries: int = 25
+    dead_max_jobs: int = 10_000
+    dead_timeout: int = 15_552_000  # 180 days, seconds
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+    job_timeout: float = 0.0  # 0 = no per-job timeout
+    sidecar_connect_timeout: float = 5.0
+    poison_pill_limit: int = 3
+    config_file: str | None = None
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers building a Config by hand; store tuples so the value stays hashable.
+        object.__setattr__(self, "queues", tuple((str(n), int(w)) for n, w in self.queues))
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+    @property
+    def strict(self) -> bool:
+        """True when no queue has a weight: always fetch in the given order (Sidekiq 6.4.1 and 7.0.3+)."""
+        return all(weight == 0 for _, weight in self.queues)
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Each queue once, in order of first appearance (the strict fetch order; the process record's list)."""
+        return tuple(dict.fromkeys(name for name, _ in self.queues))
+
+    @property
+    def expanded_queues(self) -> tuple[str, ...]:
+        """Sidekiq's weighted list: each name repeated max(weight, 1) times. Shuffle, then de-duplicate."""
+        return tuple(name for name, weight in self.queues for _ in range(max(weight, 1)))
+
+    @property
+    def effective_prefetch(self) -> int:
+        """``prefetch``, or min(concurrency, 32) when it is 0 (auto)."""
+        return self.prefetch or min(self.concurrency, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value parsers. Each takes a raw value (a str from argv/env, or whatever YAML produced) and returns the
+# field's value, or raises _Bad(expected) and the caller adds "<source>: expected ..., got <value>".
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    def __init__(self, expected: str, detail: str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.detail = detail  # replaces "expected X, got Y" when set
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _to_int(raw: object, expected: str) -> int:
+    if isinstance(raw, bool):
+        raise _Bad(expected)
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str) and _INT.fullmatch(raw.strip()):
+        return int(raw.strip())
+    raise _Bad(expected)
+
+
+def _to_float(raw: object, expected: str) -> float:
+    if isinstance(raw, bool):
+        raise _Bad(expected)
+    if isinstance(raw, (int, float)):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _Bad(expected) from None
+    else:
+        raise _Bad(expected)
+    if not math.isfinite(value):
+        raise _Bad(expected)
+    return value
+
+
+def _int_at_least(minimum: int, expected: str) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        value = _to_int(raw, expected)
+        if value < minimum:
+            raise _Bad(expected)
+        return value
+
+    return parse
+
+
+def _float_at_least(minimum: float, expected: str, *, strict: bool = False) -> Callable[[object], float]:
+    def parse(raw: object) -> float:
+        value = _to_float(raw, expected)
+        if value < minimum or (strict and value == minimum):
+            raise _Bad(expected)
+        return value
+
+    return parse
+
+
+def _port(raw: object) -> int:
+    expected = "a port number 0-65535 (0 disables)"
+    value = _to_int(raw, expected)
+    if not 0 <= value <= 65535:
+        raise _Bad(expected)
+    return value
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    expected = "one of " + ", ".join(choices)
+
+    def parse(raw: object) -> str:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise _Bad(expected)
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise _Bad(expected)
+        return value
+
+    return parse
+
+
+def _text(raw: object) -> str:
+    if raw is None:
+        return ""
+    if isinstance(raw, (dict, list)):
+        raise _Bad("a string")
+    return _ruby_to_s(raw)
+
+
+def _nonempty_text(raw: object) -> str:
+    value = _text(raw).strip()
+    if not value:
+        raise _Bad("a non-empty string")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[object], str]:
+    expected = "a URL with scheme " + ", ".join(f"{s}://" for s in schemes)
+
+    def parse(raw: object) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise _Bad(expected)
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            scheme = parts.scheme.lower()
+            if scheme not in schemes:
+                raise _Bad(expected)
+            if scheme == "unix":
+                if not parts.path:
+                    raise _Bad(expected, f"expected unix:///path/to/redis.sock, got {value!r}")
+            elif not parts.netloc or (scheme != "redis+sentinel" and not parts.hostname):
+                raise _Bad(expected, f"expected a host in the URL, got {value!r}")
+            elif scheme != "redis+sentinel":  # sentinel URLs list several host:port pairs
+                parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise _Bad(expected, f"expected {expected}, got {value!r} (bad port)") from None
+        return value
+
+    return parse
+
+
+def _sidecar_url(raw: object) -> str:
+    # The client joins paths onto this ("/perform"), so a trailing slash would double up.
+    return _url("http", "https")(raw).rstrip("/")
+
+
+def _labels(raw: object) -> tuple[str, ...]:
+    """Labels from env (comma-separated), YAML (list or one string) or flags (one per --label)."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        items: list[object] = [part for part in raw.split(",")]
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        raise _Bad("a list of labels")
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, (dict, list)) or item is None:
+            raise _Bad("a list of labels")
+        label = _ruby_to_s(item).strip()
+        if not label:
+            raise _Bad("non-empty labels")
+        out.append(label)
+    # Sidekiq 7 keeps labels in a Set: duplicates collapse, order of first appearance stays.
+    return tuple(dict.fromkeys(out))
+
+
+# -- queues ---------------------------------------------------------------------------------------------
+
+_QUEUE_SYNTAX = "NAME[:WEIGHT][,NAME[:WEIGHT]...] or Sidekiq's NAME,WEIGHT"
+
+
+def _weight(text: str, queue: str) -> int:
+    if not _INT.fullmatch(text.strip()) or int(text) < 0:
+        raise _Bad(
+            _QUEUE_SYNTAX, f"queue {queue!r}: weight must be a non-negative integer, got {text.strip()!r}"
+        )
+    return int(text)
+
+
+def parse_queue_arg(token: str) -> list[tuple[str, int]]:
+    """One ``-q`` value (or FASTWORKER_QUEUES): ``a,b`` | ``a:3,b:1`` | Sidekiq's ``a,3`` (exactly two
+    comma parts, the second an integer: queue ``a`` with weight 3)."""
+    parts = [part.strip() for part in token.split(",")]
+    if len(parts) == 2 and _INT.fullmatch(parts[1]) and parts[0]:
+        return [(parts[0], _weight(parts[1], parts[0]))]
+    out: list[tuple[str, int]] = []
+    for part in parts:
+        name, sep, weight = part.rpartition(":")
+        if not sep:
+            name, weight = part, "0"
+        name = name.strip()
+        if not name:
+            raise _Bad(_QUEUE_SYNTAX, f"empty queue name in {token!r}")
+        out.append((name, _weight(weight, name)))
+    return out
+
+
+def _queues_from_args(raw: object) -> tuple[tuple[str, int], ...]:
+    tokens = raw if isinstance(raw, list) else [raw]
+    out: list[tuple[str, int]] = []
+    for token in tokens:
+        if not isinstance(token, str):
+            raise _Bad(_QUEUE_SYNTAX)
+        out.extend(parse_queue_arg(token))
+    return tuple(out)
+
+
+def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
+    """``:queues:`` entries as Sidekiq reads them: ``name``, ``[name]``, ``[name, weight]`` or the string
+    ``"name,weight"``. A colon stays part of the name here, as in Sidekiq."""
+    entries = raw if isinstance(raw, list) else [raw]
+    out: list[tuple[str, int]] = []
+    for original in entries:
+        entry = original.split(",") if isinstance(original, str) else original
+        scalars = isinstance(entry, list) and not any(isinstance(e, (list, dict)) for e in entry)
+        if scalars and 1 <= len(entry) <= 2:
+            name = _ruby_to_s(entry[0]).strip() if entry[0] is not None else ""
+            if not name:
+                raise _Bad("queue entries: name or [name, weight]", f"empty queue name in {raw!r}")
+            weight: object = entry[1] if len(entry) == 2 else 0
+            if isinstance(weight, str):
+                weight = _weight(weight, name)
+            elif isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise _Bad("", f"queue {name!r}: weight must be a non-negative integer, got {weight!r}")
+            out.append((name, weight))
+        else:
+            raise _Bad("name or [name, weight]", f"expected name or [name, weight], got {original!r}")
+    if not out:
+        raise _Bad("at least one queue", "expected at least one queue, got an empty list")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The option table
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One Config field as the outside world spells it."""
+
+    field: str
+    flags: tuple[str, ...]  # the first long flag names the option in errors
+    parse: Callable[[object], Any]
+    help: str
+    metavar: str | None = None
+    env: tuple[str, ...] = ()  # checked in this order; FASTWORKER_<FLAG> is always first
+    yaml: tuple[str, ...] = ()  # keys read from -C (after stripping the leading ":")
+    repeatable: bool = False
+    parse_file: Callable[[object], Any] | None = None  # YAML values, when they differ from argv/env
+
+    @property
+    def name(self) -> str:
+        return next(f for f in self.flags if f.startswith("--"))
+
+    @property
+    def env_vars(self) -> tuple[str, ...]:
+        own = "FASTWORKER_" + self.name[2:].upper().replace("-", "_")
+        if self.env and self.env[0].startswith("FASTWORKER_"):  # a field-named variable wins (LABELS)
+            return tuple(dict.fromkeys((self.env[0], own, *self.env[1:])))
+        return tuple(dict.fromkeys((own, *self.env)))
+
+
+def _opt(field_name: str, *flags: str, parse: Callable[[object], Any], help: str, **kw: Any) -> Option:
+    kw.setdefault("yaml", (field_name,))
+    return Option(field_name, flags, parse, help, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("queues", "-q", "--queues", "--queue", parse=_queues_from_args, parse_file=_queues_from_yaml,
+         metavar="QUEUES", repeatable=True,
+         help="queues in strict order (critical,default), weighted (critical:3,default:1) or Sidekiq's "
+              "-q critical,3; repeatable, occurrences concatenate"),
+    _opt("concurrency", "-c", "--concurrency", parse=_int_at_least(1, "a positive integer"), metavar="N",
+         help="jobs run at once (falls back to RAILS_MAX_THREADS, as Sidekiq does)"),
+    _opt("config_file", "-C", "--config", parse=_nonempty_text, metavar="FILE", yaml=(),
+         help="Sidekiq YAML config file (config/sidekiq.yml)"),
+    _opt("environment", "-e", "--environment", parse=_nonempty_text, metavar="ENV", yaml=(),
+         env=("APP_ENV", "RAILS_ENV", "RACK_ENV"),
+         help="application environment; picks the matching section of the -C file (\"development\" if unset)"),
+    _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
+         env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too)"),
+    _opt("sidecar_url", "--sidecar-url", parse=_sidecar_url, metavar="URL", help="base URL of the Rails sidecar"),
+    _opt("http_host", "--http-host", parse=_nonempty_text, metavar="HOST",
+         help="address for /healthz, /readyz and /metrics"),
+    _opt("http_port", "--http-port", parse=_port, metavar="PORT",
+         help="port for /healthz, /readyz, /metrics (0 disables)"),
+    _opt("timeout", "-t", "--timeout", parse=_float_at_least(0, "a non-negative number of seconds"),
+         metavar="SECONDS", help="on TERM, how long in-flight jobs may finish before they are requeued"),
+    _opt("tag", "-g", "--tag", parse=_text, metavar="NAME", help="process tag shown in the Web UI"),
+    _opt("labels", "--label", parse=_labels, metavar="LABEL", repeatable=True, env=("FASTWORKER_LABELS",),
+         help="process label shown in the Web UI; repeatable; comma-separated in the environment"),
+    _opt("log_format", "--log-format", parse=_choice("json", "text"), metavar="FORMAT", help="json or text"),
+    _opt("log_level", "--log-level", parse=_choice("debug", "info", "warn", "warning", "error"),
+         metavar="LEVEL", help="debug, info, warn, warning or error"),
+    _opt("namespace", "--namespace", parse=_text, metavar="NS",
+         help="Redis key prefix, for Sidekiq 6 apps using redis-namespace"),
+    _opt("sidekiq_version", "--sidekiq-version", parse=_choice("auto", "6", "7", "8"), metavar="V",
+         help="retry jitter and timestamp flavour: auto (per job), 6, 7 or 8"),
+    _opt("poll_interval", "--poll-interval", parse=_float_at_least(0, "a positive number of seconds", strict=True),
+         metavar="SECONDS", yaml=("poll_interval", "poll_interval_average"),
+         help="average seconds between scheduled/retry set polls"),
+    _opt("heartbeat_interval", "--heartbeat-interval",
+         parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
+         help="seconds between process heartbeats"),
+    _opt("process_ttl", "--process-ttl", parse=_int_at_least(1, "a positive integer number of seconds"),
+         metavar="SECONDS", help="expiry of the process record; must exceed the heartbeat interval"),
+    _opt("prefetch", "--prefetch", parse=_int_at_least(0, "a non-negative integer"), metavar="N",
+         help="jobs fetched ahead of free capacity (0 = min(concurrency, 32))"),
+    _opt("max_retries", "--max-retries", parse=_int_at_least(0, "a non-negative integer"), metavar="N",
+         help="retries for jobs with retry: true"),
+    _opt("dead_max_jobs", "--dead-max-jobs", parse=_int_at_least(0, "a non-negative integer"), metavar="N",
+         help="dead set size limit"),
+    _opt("dead_timeout", "--dead-timeout", parse=_int_at_least(0, "a non-negative integer number of seconds"),
+         metavar="SECONDS", yaml=("dead_timeout", "dead_timeout_in_seconds"),
+         help="dead set entries older than this are trimmed"),
+    _opt("breaker_threshold", "--breaker-threshold", parse=_int_at_least(1, "a positive integer"), metavar="N",
+         help="consecutive sidecar failures that open the circuit"),
+    _opt("breaker_cooldown", "--breaker-cooldown", parse=_float_at_least(0, "a non-negative number of seconds"),
+         metavar="SECONDS", help="seconds the circuit stays open before a trial request"),
+    _opt("job_timeout", "--job-timeout", parse=_float_at_least(0, "a non-negative number of seconds"),
+         metavar="SECONDS", help="per-job HTTP timeout (0 = none)"),
+    _opt("sidecar_connect_timeout", "--sidecar-connect-timeout",
+         parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
+         help="TCP connect timeout to the sidecar"),
+    _opt("poison_pill_limit", "--poison-pill-limit", parse=_int_at_least(1, "a positive integer"), metavar="N",
+         help="process crashes a job may be in flight for before it goes to the dead set"),
+)
+
+_BY_FIELD = {opt.field: opt for opt in OPTIONS}
+assert set(_BY_FIELD) == {f.name for f in fields(Config)}, "every Config field needs exactly one Option"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# argv
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print and exit; we want ConfigError
+        raise ConfigError(message)
+
+
+def _env_help(opt: Option) -> str:
+    default = getattr(Config(), opt.field)
+    shown = ",".join(f"{n}:{w}" if w else n for n, w in default) if opt.field == "queues" else default
+    tail = f"env {', '.join(opt.env_vars)}"
+    if shown not in (None, "", ()):
+        tail += f"; default {shown}"
+    return f"{opt.help} ({tail})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fastworker",
+        description="Runs Sidekiq jobs from Redis through a Rails sidecar, in place of the Sidekiq server. "
+        "Precedence: flag > environment > -C file > default.",
+        add_help=False,
+        allow_abbrev=False,
+    )
+    for opt in OPTIONS:
+        parser.add_argument(
+            *opt.flags,
+            dest=opt.field,
+            metavar=opt.metavar,
+            action="append" if opt.repeatable else "store",
+            default=None,
+            help=_env_help(opt),
+        )
+    parser.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Structure only (unknown flags, missing values); values are checked by ``config_from_args``."""
+    return build_parser().parse_args(list(argv))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolution
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
+    """``argv`` without the program name (``sys.argv[1:]``); ``env`` like ``os.environ``."""
+    return config_from_args(parse_args(argv), env)
+
+
+def _parse(opt: Option, raw: object, source: str, *, from_file: bool = False) -> Any:
+    parse = opt.parse_file if (from_file and opt.parse_file) else opt.parse
+    try:
+        return parse(raw)
+    except _Bad as bad:
+        if bad.detail:
+            raise ConfigError(f"{source}: {bad.detail}") from None
+        shown = raw[0] if isinstance(raw, list) and len(raw) == 1 else raw
+        got = "nothing" if shown is None else repr(shown)
+        raise ConfigError(f"{source}: expected {bad.expected}, got {got}") from None
+
+
+def _from_env(opt: Option, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(variable, value) of the first non-empty variable for this option."""
+    names = opt.env_vars
+    if opt.field == "redis_url":
+        names = (names[0], *_redis_provider(env))
+    for name in names:
+        value = env.get(name)
+        if value is not None and value.strip() != "":
+            return name, value
+    return None
+
+
+def _redis_provider(env: Mapping[str, str]) -> tuple[str, ...]:
+    # Sidekiq: REDIS_PROVIDER names the variable holding the URL (Heroku add-ons); otherwise REDIS_URL.
+    provider = (env.get("REDIS_PROVIDER") or "").strip()
+    if not provider:
+        return ("REDIS_URL",)
+    if ":" in provider:
+        raise ConfigError(
+            f"REDIS_PROVIDER: expected the name of the variable that holds the Redis URL, got {provider!r}"
+        )
+    return (provider,)
+
+
+def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def take(opt: Option, raw: object, source: str, *, from_file: bool = False) -> None:
+        values[opt.field] = _parse(opt, raw, source, from_file=from_file)
+        sources[opt.field] = source
+
+    # Layers from the highest precedence down; a field keeps the first value it gets.
+    for opt in OPTIONS:
+        raw = getattr(ns, opt.field, None)
+        if raw is not None:
+            take(opt, raw, opt.name)
+    if getattr(ns, "verbose", False) and "log_level" not in values:
+        values["log_level"], sources["log_level"] = "debug", "--verbose"
+
+    for opt in OPTIONS:
+        if opt.field in values:
+            continue
+        found = _from_env(opt, env)
+        if found is not None:
+            take(opt, found[1], found[0])
+
+    config_file = values.get("config_file")
+    if config_file is not None:
+        # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
+        section = values.get("environment") or "development"
+        for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
+            if key not in values:
+                take(_BY_FIELD[key], raw, source, from_file=True)
+
+    if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
+        take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+
+    config = Config(**values)
+    if config.process_ttl <= config.heartbeat_interval:
+        # The process record would expire between heartbeats. Blame whichever of the two was set.
+        if "process_ttl" in sources or "heartbeat_interval" not in sources:
+            raise ConfigError(
+                f"{sources.get('process_ttl', '--process-ttl')}: must be greater than the heartbeat interval "
+                f"({config.heartbeat_interval:g} s), got {config.process_ttl}"
+            )
+        raise ConfigError(
+            f"{sources['heartbeat_interval']}: must be less than the process TTL ({config.process_ttl} s), "
+            f"got {config.heartbeat_interval:g}"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sidekiq YAML (-C)
+# ---------------------------------------------------------------------------------------------------------
+
+# YAML keys this module reads; everything else (:require:, :capsules:, :lifecycle_events:, ...) is ignored.
+_YAML_KEYS: dict[str, str] = {key: opt.field for opt in OPTIONS for key in opt.yaml}
+_YAML_KEYS["verbose"] = "log_level"
+
+
+class _Symbol(str):
+    """A Ruby symbol from YAML (``:concurrency``); compares and prints as its bare name."""
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class SidekiqYamlLoader(yaml.SafeLoader):
+        pass
+
+    # Psych turns a plain scalar starting with ":" into a Symbol (quoted ":x" stays a String).
+    SidekiqYamlLoader.add_implicit_resolver("!ruby/symbol", re.compile(r"^:."), [":"])
+
+    def construct_symbol(loader: yaml.SafeLoader, node: yaml.Node) -> _Symbol:
+        text = loader.construct_scalar(node)  # type: ignore[arg-type]
+        if node.tag == "!ruby/symbol" and isinstance(node, yaml.ScalarNode) and node.style is None:
+            text = text[1:] if text.startswith(":") else text
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                text = text[1:-1]
+        return _Symbol(text)
+
+    for tag in ("!ruby/symbol", "!ruby/sym"):
+        SidekiqYamlLoader.add_constructor(tag, construct_symbol)
+    return SidekiqYamlLoader
+
+
+def _key_repr(key: object) -> str:
+    return f":{key}" if isinstance(key, _Symbol) else str(key)
+
+
+def _read_sidekiq_yaml(
+    path: str, path_source: str, environment: str, env: Mapping[str, str]
+) -> dict[str, tuple[object, str]]:
+    """field → (raw value, source label) for the keys fastworker understands."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path_source}: no such file {path!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path_source}: cannot read {path!r}: {exc}") from None
+
+    import yaml
+
+    try:
+        doc = yaml.load(render_erb(text, path, env), Loader=_yaml_loader())  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level, got {type(doc).__name__}")
+
+    # Like Sidekiq: symbolize keys (later duplicates win), then merge the environment's section on top.
+    top = {str(k): (v, _key_repr(k)) for k, v in doc.items() if isinstance(k, str)}
+    merged: dict[str, tuple[object, str]] = {k: (v, f"{path}: key {r}") for k, (v, r) in top.items()}
+    if environment in top:
+        section, section_repr = top[environment]
+        merged.pop(environment)
+        if section is not None:
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: key {section_repr}: expected a mapping of options for the "
+                                  f"{environment!r} environment, got {section!r}")
+            for k, v in section.items():
+                if isinstance(k, str):
+                    merged[str(k)] = (v, f"{path}: key {_key_repr(k)} (under {section_repr})")
+
+    out: dict[str, tuple[object, str]] = {}
+    for key, (raw, source) in merged.items():
+        if key == "verbose":
+            if raw not in (None, False) and "log_level" not in merged:
+                out["log_level"] = ("debug", source)
+        elif key in _YAML_KEYS:
+            out[_YAML_KEYS[key]] = (raw, source)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ERB: Sidekiq renders the file with ERB before YAML. We evaluate a safe subset of Ruby and refuse the rest.
+#   <%= ENV["X"] %>  <%= ENV['X'] %>  <%= ENV.fetch("X") %>  <%= ENV.fetch("X", 5) %>
+#   <%= ENV.fetch("X") { 5 } %>  <%= ENV["X"] || 5 %>  <%= Integer(ENV.fetch("X", 5)) %>  Float(...)
+#   .to_i / .to_f / .to_s, literals (strings, numbers, nil, true, false, :symbols), parentheses,
+#   <%# comments %>, <%% (a literal "<%"), and "-%>" (drops the newline after the tag).
+# ---------------------------------------------------------------------------------------------------------
+
+_ERB_TAG = re.compile(r"<%(%|#|=|-|)(.*?)(-?)%>", re.S)
+_ERB_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<num>-?\d[\d_]*(?:\.\d+)?(?:[eE][+-]?\d+)?)
+      | (?P<sym>:[A-Za-z_]\w*)
+      | (?P<name>[A-Za-z_]\w*)
+      | (?P<op>\|\||[\[\](){},.])
+    )""",
+    re.X,
+)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _ErbFailed(Exception):
+    """Valid, supported Ruby that would raise in Ruby too (missing ENV.fetch key, Integer("abc"))."""
+
+
+def render_erb(text: str, path: str, env: Mapping[str, str]) -> str:
+    out: list[str] = []
+    pos = 0
+    for match in _ERB_TAG.finditer(text):
+        kind, body, trim = match.group(1), match.group(2), match.group(3)
+        out.append(text[pos : match.start()])
+        pos = match.end()
+        if kind == "%":  # "<%%" is a literal "<%"; the rest of the match is plain text
+            out.append("<%" + body + trim + "%>")
+            continue
+        if trim and pos < len(text) and text[pos] == "\n":
+            pos += 1
+        if kind == "#":
+            continue
+        shown = f"<%{kind}{body}{trim}%>"
+        if kind != "=":
+            raise ConfigError(f"{path}: unsupported ERB {shown} (fastworker evaluates only <%= ... %> "
+                              "with ENV lookups and literals, it does not run Ruby)")
+        try:
+            out.append(_ruby_to_s(_ErbExpr(body.strip(), env).evaluate()))
+        except _Unsupported as exc:
+            raise ConfigError(f"{path}: unsupported ERB expression {shown}: {exc} (fastworker evaluates only "
+                              "ENV[...], ENV.fetch, ||, Integer()/Float(), .to_i/.to_f/.to_s and literals; "
+                              "it does not run Ruby)") from None
+        except _ErbFailed as exc:
+            raise ConfigError(f"{path}: ERB expression {shown}: {exc}") from None
+    out.append(text[pos:])
+    return "".join(out)
+
+
+class _ErbExpr:
+    """Recursive-descent parser producing thunks, so that ``a || b`` never evaluates ``b`` when ``a`` is
+    set (``ENV["A"] || ENV.fetch("B")`` must not fail when A is set, as in Ruby)."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.tokens: list[tuple[str, str]] = []
+        pos = 0
+        while pos < len(source):
+            if source[pos:].strip() == "":
+                break
+            m = _ERB_TOKEN.match(source, pos)
+            if not m or m.end() == pos:
+                raise _Unsupported(f"cannot read {source[pos:].strip()!r}")
+            kind = m.lastgroup
+            assert kind is not None
+            self.tokens.append((kind, m.group(kind)))
+            pos = m.end()
+        self.i = 0
+
+    def evaluate(self) -> object:
+        if not self.tokens:
+            return None
+        thunk = self._or()
+        if self.i != len(self.tokens):
+            raise _Unsupported(f"unexpected {self.tokens[self.i][1]!r}")
+        return thunk()
+
+    # -- token helpers
+    def _peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def _accept(self, value: str) -> bool:
+        tok = self._peek()
+        if tok is not None and tok[1] == value and tok[0] in ("op", "name"):
+            self.i += 1
+            return True
+        return False
+
+    def _expect(self, value: str) -> None:
+        if not self._accept(value):
+            tok = self._peek()
+            raise _Unsupported(f"expected {value!r}, got {tok[1] if tok else 'end of expression'!r}")
+
+    # -- grammar
+    def _or(self) -> Callable[[], object]:
+        left = self._postfix()
+        while self._accept("||"):
+            right = self._postfix()
+            left = (lambda a, b: lambda: (v if (v := a()) is not None and v is not False else b()))(left, right)
+        return left
+
+    def _postfix(self) -> Callable[[], object]:
+        thunk = self._atom()
+        while self._accept("."):
+            tok = self._peek()
+            conversions = {"to_i": _ruby_to_i, "to_f": _ruby_to_f, "to_s": _ruby_to_s}
+            if tok is None or tok[0] != "name" or tok[1] not in conversions:
+                raise _Unsupported(f"method .{tok[1] if tok else ''} is not supported")
+            self.i += 1
+            thunk = (lambda t, f: lambda: f(t()))(thunk, conversions[tok[1]])
+        return thunk
+
+    def _atom(self) -> Callable[[], object]:
+        tok = self._peek()
+        if tok is None:
+            raise _Unsupported("expression ends early")
+        kind, text = tok
+        self.i += 1
+        if kind == "str":
+            value: object = _ruby_string(text)
+            return lambda: value
+        if kind == "num":
+            digits = text.replace("_", "")
+            number: object = float(digits) if any(c in digits for c in ".eE") else int(digits)
+            return lambda: number
+        if kind == "sym":
+            sym = text[1:]
+            return lambda: sym
+        if kind == "op" and text == "(":
+            inner = self._or()
+            self._expect(")")
+            return inner
+        if kind == "name":
+            literals = {"nil": None, "true": True, "false": False}
+            if text in literals:
+                lit = literals[text]
+                return lambda: lit
+            if text == "ENV":
+                return self._env()
+            if text in ("Integer", "Float"):
+                self._expect("(")
+                arg = self._or()
+                self._expect(")")
+                convert = _ruby_integer if text == "Integer" else _ruby_float
+                return lambda: convert(arg())
+        raise _Unsupported(f"{text!r} is not supported")
+
+    def _env_key(self) -> str:
+        tok = self._peek()
+        if tok is None or tok[0] != "str":
+            raise _Unsupported("the ENV key must be a string literal")
+        self.i += 1
+        return _ruby_string(tok[1])
+
+    def _env(self) -> Callable[[], object]:
+        env = self.env
+        if self._accept("["):
+            key = self._env_key()
+            self._expect("]")
+            return lambda: env.get(key)
+        self._expect(".")
+        self._expect("fetch")
+        self._expect("(")
+        key = self._env_key()
+        default = self._or() if self._accept(",") else None
+        self._expect(")")
+        block = None
+        if self._accept("{"):
+            block = self._or()
+            self._expect("}")
+
+        def fetch() -> object:
+            if key in env:
+                return env[key]
+            if block is not None:
+                return block()
+            if default is not None:
+                return default()
+            raise _ErbFailed(f"environment variable {key!r} is not set (ENV.fetch without a default)")
+
+        return fetch
+
+
+def _ruby_string(token: str) -> str:
+    body = token[1:-1]
+    if token[0] == "'":
+        return re.sub(r"\\([\\'])", r"\1", body)
+    if "#{" in body:
+        raise _Unsupported("string interpolation is not supported")
+    escapes = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "s": " ", "0": "\0"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), body)
+
+
+def _ruby_to_s(value: object) -> str:
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exp = text.partition("e")
+        if e and "." not in mantissa:
+            text = f"{mantissa}.0e{exp}"
+        return text
+    return str(value)
+
+
+def _ruby_integer(value: object) -> int:
+    """Ruby's Integer(): strict for strings (whitespace, underscores, 0x/0b/0o and leading-0 octal)."""
+    if isinstance(value, bool) or value is None:
+        raise _ErbFailed(f"Integer() cannot convert {_ruby_inspect(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _ErbFailed(f"Integer() cannot convert {value!r}")
+        return int(value)
+    text = str(value).strip()
+    try:
+        if re.fullmatch(r"[+-]?0[0-7_]+", text):
+            return int(text.replace("_", ""), 8)
+        return int(text, 0)
+    except ValueError:
+        raise _ErbFailed(f"invalid value for Integer(): {text!r}") from None
+
+
+def _ruby_float(value: object) -> float:
+    if isinstance(value, bool) or value is None:
+        raise _ErbFailed(f"Float() cannot convert {_ruby_inspect(value)}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d[\d_]*(\.\d+)?([eE][+-]?\d+)?", text):
+        raise _ErbFailed(f"invalid value for Float(): {text!r}")
+    return float(text.replace("_", ""))
+
+
+def _ruby_to_i(value: object) -> int:
+    if isinstance(value, bool):
+        raise _Unsupported(f"{_ruby_inspect(value)}.to_i is not defined in Ruby")
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = re.match(r"\s*([+-]?\d+(?:_\d+)*)", _ruby_to_s(value))
+    return int(m.group(1).replace("_", "")) if m else 0
+
+
+def _ruby_to_f(value: object) -> float:
+    if isinstance(value, bool):
+        raise _Unsupported(f"{_ruby_inspect(value)}.to_f is not defined in Ruby")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.match(r"\s*([+-]?\d+(?:_\d+)*(?:\.\d+)?(?:[eE][+-]?\d+)?)", _ruby_to_s(value))
+    return float(m.group(1).replace("_", "")) if m else 0.0
+
+
+def _ruby_inspect(value: object) -> str:
+    return "nil" if value is None else _ruby_to_s(value)
+
