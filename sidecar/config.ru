@@ -1,0 +1,25 @@
+# frozen_string_literal: true
+
+# For teams that run their own Puma (or any Rack server):
+#   RAILS_ROOT=/app puma -C my_puma.rb /path/to/sidecar/config.ru
+# Set FASTWORKER_SIDECAR_THREADS to the number of Puma threads given to jobs (keep a couple of
+# extra Puma threads for /health and 503s). The app boots before Puma serves, so /health
+# answers 200 as soon as the port is open. On TERM the sidecar drains (503 to new /perform,
+# running jobs finish, at most FASTWORKER_SIDECAR_DRAIN_TIMEOUT seconds) before Puma stops.
+$LOAD_PATH.unshift(File.expand_path("lib", __dir__))
+
+require "fastworker/sidecar"
+require "fastworker/sidecar/boot"
+
+threads = Integer(ENV.fetch("FASTWORKER_SIDECAR_THREADS", "10"), 10)
+drain = Fastworker::Sidecar::Drain.new(capacity: threads)
+Fastworker::Sidecar.drain = drain
+if defined?(::Puma::Server)
+  require "fastworker/sidecar/puma_drain"
+  Fastworker::Sidecar::PumaDrain.install!
+end
+
+Fastworker::Sidecar::Boot.boot!(ENV.fetch("RAILS_ROOT") { Dir.pwd })
+drain.ready!
+
+run Fastworker::Sidecar::App.new(drain: drain)

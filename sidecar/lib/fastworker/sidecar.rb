@@ -1,0 +1,56 @@
+# frozen_string_literal: true
+
+# Fastworker::Sidecar: runs Sidekiq jobs that the fastworker worker hands over HTTP.
+#
+# Duties of this file:
+# 1. Require the sidecar's parts in dependency order (Sidekiq itself is required by Boot,
+#    or by whoever loaded Sidekiq before us: config.ru, the tests).
+# 2. Hold the process-wide singletons the Puma hook needs (the Drain) and the version
+#    constants reported by GET /health.
+# 3. Expose the job's Idempotency-Key to application code through a thread-local reader.
+module Fastworker
+  module Sidecar
+    VERSION = "0.1.0"
+    PROTOCOL_VERSION = 1
+    IDEMPOTENCY_KEY = :fastworker_idempotency_key
+
+    class << self
+      # The Drain of this process (set by Launcher or config.ru); the Puma stop hook
+      # drains it before letting Puma stop.
+      attr_accessor :drain
+
+      # Seconds to wait for in-flight jobs on TERM before raising Sidekiq::Shutdown in them.
+      attr_writer :drain_timeout
+
+      def drain_timeout
+        @drain_timeout ||= Float(ENV.fetch("FASTWORKER_SIDECAR_DRAIN_TIMEOUT", "25"))
+      end
+
+      # The Idempotency-Key header of the request running on this thread (the job's jid as
+      # sent by the worker), or nil outside a /perform. Jobs and middleware use it to
+      # de-duplicate at-least-once deliveries.
+      def current_idempotency_key
+        Thread.current[IDEMPOTENCY_KEY]
+      end
+
+      # Per-job start/done lines (Sidekiq's JobLogger#call) are written only when asked:
+      # the worker already writes them once (design.md "Logs").
+      def job_log?
+        %w[1 true yes].include?(ENV["FASTWORKER_SIDECAR_JOB_LOG"].to_s.downcase)
+      end
+    end
+  end
+end
+
+require "json"
+require "fastworker/sidecar/compat"
+require "fastworker/sidecar/result"
+require "fastworker/sidecar/payload"
+require "fastworker/sidecar/error_report"
+require "fastworker/sidecar/retry_advice"
+require "fastworker/sidecar/remote_error"
+require "fastworker/sidecar/exhausted"
+require "fastworker/sidecar/drain"
+require "fastworker/sidecar/metrics"
+require "fastworker/sidecar/executor"
+require "fastworker/sidecar/app"

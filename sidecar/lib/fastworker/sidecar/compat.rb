@@ -1,0 +1,138 @@
+# frozen_string_literal: true
+
+require "sidekiq"
+
+module Fastworker
+  module Sidecar
+    # Compat: the one place that knows how Sidekiq's server-side API differs between
+    # 6.x (module-level `Sidekiq.options`, `Sidekiq.server_middleware`, ...) and
+    # 7.x/8.x (`Sidekiq.default_configuration`). Everything else asks this module.
+    #
+    # Duties:
+    # 1. Find the reloader, the server middleware chain, the death handlers, the logger.
+    # 2. Call the error handlers the way the installed Sidekiq does (`handle_exception`).
+    # 3. Build a JobLogger for the installed version (its constructor changed in 7.x).
+    # 4. Constantize class names the way Sidekiq's processor does.
+    # 5. Find a retry hook block (`sidekiq_retry_in` / `sidekiq_retries_exhausted`) on the
+    #    `wrapped` class first, then on the job class (Sidekiq 7.1.3+ lookup order).
+    # 6. Recognise Sidekiq::Shutdown anywhere in an exception's cause chain.
+    module Compat
+      PASS_THROUGH = proc { |&block| block.call }
+
+      module_function
+
+      # Sidekiq 7+: the default Sidekiq::Config; nil on 6.x.
+      def config
+        ::Sidekiq.respond_to?(:default_configuration) ? ::Sidekiq.default_configuration : nil
+      end
+
+      def option(key)
+        cfg = config
+        cfg ? cfg[key] : ::Sidekiq.options[key]
+      end
+
+      # The Rails reloader the app's `configure_server` installed (Sidekiq::Rails::Reloader
+      # in a Rails app), else a pass-through proc, as in Sidekiq's Processor.
+      def reloader
+        option(:reloader) || PASS_THROUGH
+      end
+
+      def server_middleware
+        cfg = config
+        cfg ? cfg.server_middleware : ::Sidekiq.server_middleware
+      end
+
+      def death_handlers
+        cfg = config
+        cfg ? cfg.death_handlers : ::Sidekiq.death_handlers
+      end
+
+      def logger
+        ::Sidekiq.logger
+      end
+
+      def job_logger
+        init = ::Sidekiq::JobLogger.instance_method(:initialize)
+        first = init.parameters.first
+        if first && first[1] == :config && config
+          ::Sidekiq::JobLogger.new(config)
+        else
+          ::Sidekiq::JobLogger.new(logger)
+        end
+      end
+
+      # Tell Sidekiq's error handlers (Sentry, Honeybadger, the default logger handler).
+      # A handler that raises is logged and the others still run.
+      def handle_exception(exception, context)
+        cfg = config
+        if cfg.respond_to?(:handle_exception)
+          cfg.handle_exception(exception, context)
+        else
+          ::Sidekiq.error_handlers.each do |handler|
+            handler.call(exception, context)
+          rescue => handler_error
+            logger.error "!!! ERROR HANDLER THREW AN ERROR !!!"
+            logger.error handler_error
+            logger.error handler_error.backtrace.join("\n") unless handler_error.backtrace.nil?
+          end
+        end
+      end
+
+      # Segment-by-segment `const_get(name, false)`, as Sidekiq 6.4.1's Processor#constantize.
+      def constantize(name)
+        return Object.const_get(name) unless name.include?("::")
+
+        names = name.split("::")
+        names.shift if names.empty? || names.first.empty?
+        names.inject(Object) { |scope, segment| scope.const_get(segment, false) }
+      end
+
+      # The class named by the job's `wrapped`, or nil when absent or unknown.
+      def wrapped_class(job)
+        name = job["wrapped"]
+        return nil unless name.is_a?(String) && !name.empty?
+
+        constantize(name)
+      rescue NameError
+        nil
+      end
+
+      # A hook block (attr is :sidekiq_retry_in_block or :sidekiq_retries_exhausted_block):
+      # from the wrapped class when it defines one, else from the job class.
+      def hook_block(job, job_class, attr)
+        wrapped = wrapped_class(job)
+        block = wrapped.public_send(attr) if wrapped.respond_to?(attr)
+        return block if block
+        return nil unless job_class.respond_to?(attr)
+
+        job_class.public_send(attr)
+      end
+
+      def shutdown?(exception, seen = {})
+        return false if exception.nil? || seen[exception.object_id]
+        return true if exception.is_a?(::Sidekiq::Shutdown)
+
+        seen[exception.object_id] = true
+        shutdown?(exception.cause, seen)
+      end
+
+      # Sidekiq 7.3+ IterableJob interruption: acked, neither an error nor logged.
+      def skip?(exception)
+        defined?(::Sidekiq::JobRetry::Skip) && exception.is_a?(::Sidekiq::JobRetry::Skip) &&
+          ::Sidekiq::VERSION >= "7.3"
+      end
+
+      # Run hook code (error/death handlers outside a job) inside the Rails executor when
+      # there is one, so that an ActiveRecord connection a handler checks out goes back to
+      # the pool instead of staying pinned to a Puma thread.
+      def with_app_executor(&block)
+        app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+        if app.respond_to?(:executor) && !app.executor.active?
+          app.executor.wrap(&block)
+        else
+          yield
+        end
+      end
+    end
+  end
+end

@@ -1,0 +1,160 @@
+# frozen_string_literal: true
+
+require "optparse"
+
+module Fastworker
+  module Sidecar
+    # Launcher: `fastworker-sidecar` — options, Rails boot and Puma in one process.
+    #
+    # Duties:
+    # 1. Read options (flag > environment > default): --rails-root/RAILS_ROOT, --port/PORT,
+    #    --bind, --threads/FASTWORKER_SIDECAR_THREADS, --workers/FASTWORKER_SIDECAR_WORKERS,
+    #    --environment/RAILS_ENV, --drain-timeout/FASTWORKER_SIDECAR_DRAIN_TIMEOUT.
+    # 2. Size Puma: `threads` job slots (the Drain's capacity) plus a few spare threads that
+    #    answer /health and the 503s of requests beyond capacity, so nothing queues behind
+    #    busy job threads.
+    # 3. Single mode: listen at once and boot the app on a thread (/health says 503 until it
+    #    is booted). Cluster mode (workers > 1): boot in the master and fork the booted app
+    #    (preload), with connections closed before the fork.
+    # 4. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
+    class Launcher
+      DEFAULT_THREADS = 10
+      DEFAULT_PORT = 3001
+      SPARE_THREADS = 2
+
+      attr_reader :options
+
+      def initialize(argv = ARGV, env = ENV)
+        @options = parse(argv.dup, env)
+      end
+
+      def puma_threads
+        options[:threads] + options[:spare_threads]
+      end
+
+      def cluster?
+        options[:workers] > 1
+      end
+
+      def run
+        root = options[:rails_root]
+        Dir.chdir(root)
+        ENV["RAILS_MAX_THREADS"] ||= puma_threads.to_s # sizes the app's AR pool (database.yml convention)
+        Boot.sidekiq_server!
+        require "puma"
+        require "puma/configuration"
+        require "puma/launcher"
+
+        drain = Drain.new(capacity: options[:threads])
+        Sidecar.drain = drain
+        Sidecar.drain_timeout = options[:drain_timeout]
+        PumaDrain.install!
+        app = App.new(drain: drain)
+
+        if cluster?
+          boot_app(drain)
+        else
+          Thread.new { boot_app(drain) }
+        end
+        ::Puma::Launcher.new(puma_configuration(app), events: ::Puma::Events.stdio).run
+      end
+
+      private
+
+      def boot_app(drain)
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        Boot.boot!(options[:rails_root], environment: options[:environment])
+        drain.ready!
+        took = (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(2)
+        Compat.logger.info("fastworker-sidecar: booted Rails #{::Rails.version} (#{::Rails.env}) with Sidekiq #{::Sidekiq::VERSION} in #{took}s; #{options[:threads]} job slots per process")
+      rescue Exception => e # rubocop:disable Lint/RescueException -- a half-booted sidecar must not stay up
+        warn "fastworker-sidecar: boot failed: #{e.class}: #{e.message}\n#{Array(e.backtrace).first(20).join("\n")}"
+        $stdout.flush
+        $stderr.flush
+        exit!(1)
+      end
+
+      def puma_configuration(app)
+        opts = options
+        threads = puma_threads
+        drain_timeout = opts[:drain_timeout]
+        cluster = cluster?
+        ::Puma::Configuration.new({config_files: ["-"]}) do |user, _file, _default|
+          user.bind "tcp://#{opts[:bind]}:#{opts[:port]}"
+          user.threads threads, threads
+          user.environment opts[:environment] || Boot.environment
+          user.raise_exception_on_sigterm false # exit only once the drain is done
+          user.tag "fastworker-sidecar"
+          user.app app
+          if cluster
+            user.workers opts[:workers]
+            user.preload_app!
+            user.worker_shutdown_timeout drain_timeout + Drain::HARD_STOP_GRACE + 5
+            user.before_fork { Launcher.close_connections }
+          end
+        end
+      end
+
+      # Before forking workers: nothing the master opened may be shared with children.
+      def self.close_connections
+        ::ActiveRecord::Base.connection_handler.clear_all_connections! if defined?(::ActiveRecord::Base)
+        pool = ::Sidekiq.redis_pool
+        pool.reload(&:close) if pool.respond_to?(:reload)
+      rescue => e
+        Compat.logger.warn("fastworker-sidecar: closing connections before fork: #{e.class}: #{e.message}")
+      end
+
+      def parse(argv, env)
+        opts = {
+          rails_root: env["RAILS_ROOT"] || Dir.pwd,
+          port: integer(env["PORT"], "PORT") || DEFAULT_PORT,
+          bind: env["FASTWORKER_SIDECAR_BIND"] || "127.0.0.1",
+          threads: integer(env["FASTWORKER_SIDECAR_THREADS"], "FASTWORKER_SIDECAR_THREADS") || DEFAULT_THREADS,
+          workers: integer(env["FASTWORKER_SIDECAR_WORKERS"], "FASTWORKER_SIDECAR_WORKERS") || 1,
+          spare_threads: integer(env["FASTWORKER_SIDECAR_SPARE_THREADS"], "FASTWORKER_SIDECAR_SPARE_THREADS") || SPARE_THREADS,
+          environment: env["RAILS_ENV"],
+          drain_timeout: Sidecar.drain_timeout
+        }
+        parser(opts).parse!(argv)
+        raise OptionParser::InvalidArgument, "unexpected arguments: #{argv.join(" ")}" unless argv.empty?
+
+        validate!(opts)
+        opts[:rails_root] = File.expand_path(opts[:rails_root])
+        opts
+      end
+
+      def parser(opts)
+        OptionParser.new do |o|
+          o.banner = "Usage: fastworker-sidecar --rails-root DIR [--port 3001] [--threads N] [--workers W] [--bind ADDR]"
+          o.on("-r", "--rails-root DIR", "Rails app to boot (env RAILS_ROOT; default: current directory)") { |v| opts[:rails_root] = v }
+          o.on("-p", "--port PORT", Integer, "TCP port (env PORT; default #{DEFAULT_PORT})") { |v| opts[:port] = v }
+          o.on("-b", "--bind ADDR", "address to listen on (default 127.0.0.1)") { |v| opts[:bind] = v }
+          o.on("-t", "--threads N", Integer, "jobs per process (env FASTWORKER_SIDECAR_THREADS; default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
+          o.on("-w", "--workers W", Integer, "Puma worker processes (env FASTWORKER_SIDECAR_WORKERS; default 1)") { |v| opts[:workers] = v }
+          o.on("-e", "--environment ENV", "RAILS_ENV (default: RAILS_ENV or development)") { |v| opts[:environment] = v }
+          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default 25)") { |v| opts[:drain_timeout] = v }
+          o.on("-h", "--help", "show this help") do
+            puts o
+            exit 0
+          end
+        end
+      end
+
+      def validate!(opts)
+        raise OptionParser::InvalidArgument, "--threads must be >= 1" unless opts[:threads] >= 1
+        raise OptionParser::InvalidArgument, "--workers must be >= 1" unless opts[:workers] >= 1
+        raise OptionParser::InvalidArgument, "--port must be 1..65535" unless (1..65_535).cover?(opts[:port])
+        raise OptionParser::InvalidArgument, "--drain-timeout must be >= 0" unless opts[:drain_timeout] >= 0
+        raise OptionParser::InvalidArgument, "FASTWORKER_SIDECAR_SPARE_THREADS must be >= 1" unless opts[:spare_threads] >= 1
+      end
+
+      def integer(value, name)
+        return nil if value.nil? || value.strip.empty?
+
+        Integer(value, 10)
+      rescue ArgumentError
+        raise OptionParser::InvalidArgument, "#{name}=#{value.inspect} is not an integer"
+      end
+    end
+  end
+end

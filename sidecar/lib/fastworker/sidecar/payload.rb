@@ -1,0 +1,54 @@
+# frozen_string_literal: true
+
+module Fastworker
+  module Sidecar
+    # Payload: turns a request body into a job hash, or says why it is not a job.
+    #
+    # Duties:
+    # 1. Parse the raw JSON exactly once (a fresh hash per request; the worker keeps the
+    #    original bytes).
+    # 2. Accept every Sidekiq payload shape (6.x float-second and 8.x integer-ms timestamps,
+    #    unknown keys): only `class` (a non-empty String) and `args` (an Array) are required,
+    #    as in Sidekiq's client validation.
+    # 3. Raise Payload::Invalid with a short reason for anything else (→ 400).
+    class Payload
+      class Invalid < StandardError; end
+
+      def self.parse_job(raw)
+        validate_job(parse_object(raw, "job"))
+      end
+
+      # The /exhausted body: {"job": {...}, "error": {"class": ..., "message": ...}}.
+      def self.parse_exhausted(raw)
+        body = parse_object(raw, "body")
+        job = body["job"]
+        raise Invalid, "\"job\" must be a JSON object" unless job.is_a?(Hash)
+
+        error = body["error"] || {}
+        raise Invalid, "\"error\" must be a JSON object" unless error.is_a?(Hash)
+        raise Invalid, "\"error.class\" must be a string" unless error["class"].nil? || error["class"].is_a?(String)
+
+        [validate_job(job), error]
+      end
+
+      def self.parse_object(raw, what)
+        raise Invalid, "empty body" if raw.nil? || raw.strip.empty?
+
+        value = JSON.parse(raw)
+        raise Invalid, "#{what} must be a JSON object, got #{value.class.name}" unless value.is_a?(Hash)
+
+        value
+      rescue JSON::ParserError, EncodingError => e
+        raise Invalid, "invalid JSON: #{e.message[0, 200]}"
+      end
+
+      def self.validate_job(job)
+        klass = job["class"]
+        raise Invalid, "job has no \"class\" string" unless klass.is_a?(String) && !klass.empty?
+        raise Invalid, "job \"args\" must be an array" unless job["args"].is_a?(Array)
+
+        job
+      end
+    end
+  end
+end
