@@ -101,6 +101,7 @@ class Broker:
         self.stopping = False
         self._fetch_script = redis.register_script(scripts.FETCH)
         self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
+        self._ack_script = redis.register_script(scripts.ACK)
         self._fetch_keys: list[str] = []
         for q in self.queues:
             self._fetch_keys.append(keys.queue(q))
@@ -191,10 +192,25 @@ class Broker:
         if not (acks or processed or failed):
             return
 
-        async def op() -> None:
-            p = self.redis.pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[int | bytes] = []
+        if acks:
+            index: dict[str, int] = {}
             for queue, raw in acks:
-                p.lrem(self.inprogress_key(queue), 1, raw)
+                i = index.get(queue)
+                if i is None:
+                    keys.append(self.inprogress_key(queue))
+                    i = index[queue] = len(keys)
+                args.append(i)
+                args.append(raw)
+
+        async def op() -> None:
+            if not (processed or failed):
+                await self._ack_script(keys=keys, args=args)
+                return
+            p = self.redis.pipeline(transaction=False)
+            if acks:
+                await self._ack_script(keys=keys, args=args, client=p)
             self._stats_into(p, processed, failed)
             await p.execute()
 

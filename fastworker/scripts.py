@@ -90,3 +90,13 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
 end
 return n
 """
+
+# Ack a batch: remove each finished job from its in-progress list. One command for the whole
+# batch (redis-py packs one command instead of N). KEYS = the distinct in-progress lists;
+# ARGV = key index (1-based), job, key index, job, ...
+ACK = """
+for i = 1, #ARGV, 2 do
+  redis.call('LREM', KEYS[tonumber(ARGV[i])], 1, ARGV[i+1])
+end
+return #ARGV / 2
+"""

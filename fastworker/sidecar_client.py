@@ -66,7 +66,7 @@ class SidecarClient:
         timeout = aiohttp.ClientTimeout(total=self.job_timeout or None, sock_connect=self.connect_timeout,
                                         connect=None)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             skip_auto_headers=("User-Agent",),
+                                             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
                                              json_serialize=lambda o: orjson.dumps(o).decode())
         self._perform_headers = {"Content-Type": _JSON}
 
