@@ -71,8 +71,8 @@ module Fastworker
       def exhausted(env)
         return Result.unavailable(:booting) if @drain.state == :booting
 
-        job, error = Payload.parse_exhausted(read_body(env))
-        Result.json(200, "done", @exhausted.call(job, error))
+        job, error, run_block = Payload.parse_exhausted(read_body(env))
+        Result.json(200, "done", @exhausted.call(job, error, run_block: run_block))
       end
 
       def health

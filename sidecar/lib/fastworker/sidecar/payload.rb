@@ -18,7 +18,8 @@ module Fastworker
         validate_job(parse_object(raw, "job"))
       end
 
-      # The /exhausted body: {"job": {...}, "error": {"class": ..., "message": ...}}.
+      # The /exhausted body: {"job": {...}, "error": {"class": ..., "message": ...},
+    # "run_exhausted_block": true|false (optional, default true)}.
       def self.parse_exhausted(raw)
         body = parse_object(raw, "body")
         job = body["job"]
@@ -28,7 +29,10 @@ module Fastworker
         raise Invalid, "\"error\" must be a JSON object" unless error.is_a?(Hash)
         raise Invalid, "\"error.class\" must be a string" unless error["class"].nil? || error["class"].is_a?(String)
 
-        [validate_job(job), error]
+        run_block = body.fetch("run_exhausted_block", true)
+        raise Invalid, "\"run_exhausted_block\" must be true or false" unless [true, false].include?(run_block)
+
+        [validate_job(job), error, run_block]
       end
 
       def self.parse_object(raw, what)

@@ -11,12 +11,13 @@ module Fastworker
     class Result
       JSON_HEADERS = {"content-type" => "application/json"}.freeze
 
-      attr_reader :status, :outcome, :body
+      attr_reader :status, :outcome, :body, :headers
 
-      def initialize(status, outcome, body)
+      def initialize(status, outcome, body, headers = {})
         @status = status
         @outcome = outcome
         @body = body
+        @headers = headers
       end
 
       # perform returned (also when a middleware did not yield).
@@ -35,8 +36,11 @@ module Fastworker
       end
 
       # Booting, draining or at capacity: the job never started, requeue without a retry.
+      # Booting/draining add Retry-After (the worker's breaker backs off); at capacity does
+      # not: one overflow is no reason to stop sending.
       def self.unavailable(reason, jid = nil)
-        new(503, "unavailable", {"jid" => jid, "status" => "unavailable", "error" => reason.to_s})
+        headers = (reason == :at_capacity) ? {} : {"retry-after" => "1"}
+        new(503, "unavailable", {"jid" => jid, "status" => "unavailable", "error" => reason.to_s}, headers)
       end
 
       def self.bad_request(reason)
@@ -48,7 +52,7 @@ module Fastworker
       end
 
       def to_rack
-        [status, JSON_HEADERS.dup, [JSON.generate(body)]]
+        [status, JSON_HEADERS.merge(headers), [JSON.generate(body)]]
       end
     end
   end

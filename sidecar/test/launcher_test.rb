@@ -1,0 +1,132 @@
+# frozen_string_literal: true
+
+require_relative "helper"
+require "net/http"
+require "socket"
+
+# bin/fastworker-sidecar as a real process: boot, /health, capacity over HTTP, drain on TERM,
+# cluster mode, option errors.
+class LauncherTest < Minitest::Test
+  BIN = File.expand_path("../bin/fastworker-sidecar", __dir__)
+
+  def setup
+    Recorder.reset!
+  end
+
+  def teardown
+    return unless @pid
+
+    Process.kill("KILL", @pid)
+    Process.wait(@pid)
+  rescue Errno::ESRCH, Errno::ECHILD
+    nil
+  end
+
+  def start(*args, env: {})
+    @port = free_port
+    @log = File.join(Dir.tmpdir, "fastworker-sidecar-test-#{@port}.log")
+    @pid = Process.spawn({"RAILS_ENV" => "test", "FASTWORKER_SIDECAR_DRAIN_TIMEOUT" => "10"}.merge(env),
+      RbConfig.ruby, BIN, "--rails-root", DUMMY_ROOT, "--port", @port.to_s, *args,
+      out: @log, err: @log)
+    deadline = Time.now + 30
+    until Time.now > deadline
+      status = begin
+        http(:get, "/health").first
+      rescue SystemCallError
+        nil
+      end
+      return if status == 200
+
+      sleep 0.1
+    end
+    flunk "sidecar did not become healthy: #{File.read(@log)}"
+  end
+
+  def http(method, path, body = nil)
+    Net::HTTP.start("127.0.0.1", @port, read_timeout: 30) do |h|
+      response = (method == :get) ? h.get(path) : h.post(path, body, "content-type" => "application/json")
+      [response.code.to_i, (JSON.parse(response.body) rescue response.body)]
+    end
+  end
+
+  def perform(klass, args)
+    http(:post, "/perform", JSON.generate({"class" => klass, "args" => args, "jid" => SecureRandom.hex(12), "retry" => true}))
+  end
+
+  def free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
+  end
+
+  def wait_exit(timeout)
+    deadline = Time.now + timeout
+    while Time.now < deadline
+      pid, status = Process.wait2(@pid, Process::WNOHANG)
+      if pid
+        @pid = nil
+        return status
+      end
+      sleep 0.05
+    end
+    nil
+  end
+
+  def test_serves_jobs_and_answers_503_beyond_capacity
+    start("--threads", "1")
+    _, health = http(:get, "/health")
+    assert_equal [1, "ok"], [health["capacity"], health["status"]]
+    assert_equal 200, perform("ContextJob", [1]).first
+    assert_equal 422, perform("NoSuchJob", []).first
+    slow = Thread.new { perform("SlowJob", [1]) }
+    sleep 0.3
+    status, body = perform("ContextJob", [2])
+    assert_equal [503, "at_capacity"], [status, body["error"]]
+    assert_equal 200, slow.value.first
+  end
+
+  def test_term_drains_running_jobs_then_exits
+    start("--threads", "2")
+    slow = Thread.new { perform("SlowJob", [1.5]) }
+    sleep 0.3
+    Process.kill("TERM", @pid)
+    sleep 0.3
+    status, body = perform("ContextJob", [])
+    assert_equal [503, "draining"], [status, body["error"]], "the listener stays open while draining"
+    assert_equal 503, http(:get, "/health").first
+    assert_equal 200, slow.value.first, "the in-flight job finished"
+    exit_status = wait_exit(15)
+    refute_nil exit_status, "exited after the drain"
+    assert exit_status.success?, "clean exit: #{exit_status.inspect}"
+  end
+
+  def test_hard_stop_after_drain_timeout_answers_shutdown
+    start("--threads", "1", "--drain-timeout", "0.5")
+    slow = Thread.new { perform("SlowJob", [30]) }
+    sleep 0.3
+    Process.kill("TERM", @pid)
+    status, body = slow.value
+    assert_equal [503, "shutdown"], [status, body["status"]]
+    refute_nil wait_exit(10)
+  end
+
+  def test_cluster_mode
+    start("--threads", "2", "--workers", "2")
+    statuses = Array.new(6) { perform("ContextJob", []).first }
+    assert_equal [200] * 6, statuses
+    pids = Array.new(8) { http(:get, "/health").last["pid"] }.uniq
+    refute_includes pids, @pid, "jobs run in forked workers"
+    Process.kill("TERM", @pid)
+    refute_nil wait_exit(20)
+  end
+
+  def test_bad_options_exit_64
+    out = IO.popen([RbConfig.ruby, BIN, "--threads", "zero", err: [:child, :out]], &:read)
+    assert_equal 64, $?.exitstatus
+    assert_match(/threads/, out)
+    out = IO.popen({"FASTWORKER_SIDECAR_THREADS" => "x"}, [RbConfig.ruby, BIN, err: [:child, :out]], &:read)
+    assert_equal 64, $?.exitstatus
+    assert_match(/FASTWORKER_SIDECAR_THREADS/, out)
+  end
+end
