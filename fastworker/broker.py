@@ -127,7 +127,7 @@ class Broker:
         """Record which in-progress lists this process owns, for the recoverer."""
         async def op() -> None:
             async with self.redis.pipeline(transaction=True) as p:
-                p.sadd(self.keys.fw_processes, self.identity)
+                p.hset(self.keys.fw_processes, self.identity, repr(time.time()))
                 p.sadd(self.keys.inprogress_queues(self.identity), *self.queues)
                 await p.execute()
         await until_ok("register", op, self.health)
@@ -285,7 +285,7 @@ class Broker:
     async def unregister(self) -> None:
         """Clean shutdown: our in-progress lists are empty, forget them."""
         async with self.redis.pipeline(transaction=True) as p:
-            p.srem(self.keys.fw_processes, self.identity)
+            p.hdel(self.keys.fw_processes, self.identity)
             p.delete(self.keys.inprogress_queues(self.identity))
             await p.execute()
 

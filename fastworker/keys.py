@@ -27,7 +27,8 @@ class Keys:
         self.stat_processed = p + "stat:processed"
         self.stat_failed = p + "stat:failed"
         self.process_cleanup = p + "process_cleanup"
-        # fastworker's own: identities that own in-progress lists, and poison-pill counts by jid
+        # fastworker's own: hash identity -> registration time (epoch s) of every process that owns
+        # in-progress lists, and a hash jid -> how many times a crash recovery requeued that job
         self.fw_processes = p + "fastworker:processes"
         self.fw_recovered = p + "fastworker:recovered"
 
