@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every test: pytest (worker, core on the compiled build, end-to-end with Ruby and Rails), the
+# sidecar's minitest suite, the core again on the pure-Python twin, and the core micro-benchmarks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || {
+  echo "test: starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  sleep 0.5
+}
+status=0
+echo "== sidecar (minitest)"
+if [ -f sidecar/Rakefile ]; then
+  (cd sidecar && ruby -Ilib -Itest -e 'Dir["test/*_test.rb"].sort.each { |f| require File.expand_path(f) }') || status=1
+fi
+echo "== core on the pure-Python twin (FASTWORKER_NO_EXTENSIONS=1)"
+FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/core -q -p no:cacheprovider || status=1
+echo "== core micro-benchmarks (compiled vs twin)"
+$PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benchmark-columns=min,median,ops || status=1
+echo "== pytest"
+$PY -m pytest -q -p no:cacheprovider "$@" || status=1
+exit $status

@@ -1,0 +1,101 @@
+"""The deployment files, checked without a Docker engine (none runs here): docker-compose.yml's
+topology and promises, and every file the Dockerfiles copy or run. The same topology runs as
+local processes in the end-to-end tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_the_topology_is_complete():
+    assert {"redis", "postgres", "app", "sidecar", "worker"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres", "app", "sidecar", "worker"])
+def test_every_core_service_has_a_healthcheck_and_restarts(name):
+    svc = SERVICES[name]
+    assert svc["restart"] == "unless-stopped"
+    check = svc["healthcheck"]["test"]
+    assert check[0] == "CMD" and len(check) > 1
+
+
+def test_startup_order_waits_on_health():
+    deps = {name: svc.get("depends_on", {}) for name, svc in SERVICES.items()}
+    assert deps["worker"]["redis"]["condition"] == "service_healthy"
+    assert deps["worker"]["sidecar"]["condition"] == "service_healthy"
+    assert deps["sidecar"]["app"]["condition"] == "service_healthy"
+    assert deps["app"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_worker_scales():
+    worker = SERVICES["worker"]
+    # a fixed container name or host port would make `--scale worker=3` fail
+    assert "container_name" not in worker and "ports" not in worker
+    # the stop grace period must cover the drain timeout (25 s) plus the hard-shutdown margin
+    assert _seconds(worker["stop_grace_period"]) > 25 + 4
+    assert _seconds(SERVICES["sidecar"]["stop_grace_period"]) > 25
+
+
+def test_services_point_at_each_other():
+    env = SERVICES["worker"]["environment"]
+    assert env["REDIS_URL"].startswith("redis://redis:6379")
+    assert env["FASTWORKER_SIDECAR_URL"] == "http://sidecar:3001"
+    assert "3001" in SERVICES["sidecar"]["command"]
+    for name in ("app", "sidecar"):
+        assert SERVICES[name]["environment"]["REDIS_URL"] == env["REDIS_URL"]
+        assert "@postgres:5432/" in SERVICES[name]["environment"]["DATABASE_URL"]
+
+
+def test_the_worker_command_is_valid_for_the_cli():
+    from fastworker.config import load_config
+    cfg = load_config(list(SERVICES["worker"]["command"]), dict(SERVICES["worker"]["environment"]))
+    assert cfg.sidecar_url == "http://sidecar:3001"
+    assert cfg.http_port == 9394
+    assert [q for q, _ in cfg.queues] == ["critical", "default", "low"]
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "deploy").glob("Dockerfile.*")))
+def test_dockerfiles_copy_files_that_exist(dockerfile):
+    copies = re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), re.M)
+    assert copies
+    for line in copies:
+        *sources, _dest = line.split()
+        for src in sources:
+            assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src} does not exist"
+
+
+def test_compose_builds_reference_existing_dockerfiles():
+    for name, svc in SERVICES.items():
+        if "build" in svc:
+            assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file(), name
+
+
+def test_the_sidecar_command_runs_a_file_in_the_image():
+    cmd = SERVICES["sidecar"]["command"]
+    assert (ROOT / cmd[1]).is_file()
+    assert (ROOT / "examples/rails_app/config.ru").is_file()
+
+
+def test_monitoring_files_exist():
+    prom = SERVICES["prometheus"]["volumes"][0].split(":")[0]
+    assert (ROOT / prom).is_file()
+    cfg = yaml.safe_load((ROOT / prom).read_text())
+    targets = [t for job in cfg["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
+    assert any(t.startswith("sidecar:") for t in targets)
+    jobs = {job["job_name"] for job in cfg["scrape_configs"]}
+    assert any("worker" in j for j in jobs)
+    assert list((ROOT / "deploy/grafana").glob("*.json"))
+
+
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)s", str(value))
+    assert m, value
+    return float(m.group(1))
