@@ -67,7 +67,9 @@ class ErrorReportTest < Minitest::Test
     status, body = perform(payload)
     assert_equal 422, status
     assert_equal "NameError", body["error_class"]
-    assert_match(/NoSuchJob/, body["error_message"])
+    assert_equal "uninitialized constant NoSuchJob", body["error_message"], "no error_highlight snippet of sidecar code"
+    _, nested = perform(job("Nope::Inner", []))
+    assert_equal ["NameError", "uninitialized constant Nope"], nested.values_at("error_class", "error_message")
     assert_equal "global", body["stage"]
     assert_nil body["retry_in"]
     assert_equal true, body["retry"]

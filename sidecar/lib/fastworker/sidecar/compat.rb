@@ -79,12 +79,19 @@ module Fastworker
       end
 
       # Segment-by-segment `const_get(name, false)`, as Sidekiq 6.4.1's Processor#constantize.
+      # An unknown constant raises NameError "uninitialized constant X" without Ruby 3.1's
+      # error_highlight snippet, which would quote the sidecar's own source in error_message.
       def constantize(name)
         return Object.const_get(name) unless name.include?("::")
 
         names = name.split("::")
         names.shift if names.empty? || names.first.empty?
         names.inject(Object) { |scope, segment| scope.const_get(segment, false) }
+      rescue NameError => e
+        raise if e.is_a?(NoMethodError) || !e.respond_to?(:original_message)
+
+        # A backtrace of strings (no locations) keeps error_highlight from adding a snippet.
+        raise NameError.new(e.original_message, e.name), e.original_message, e.backtrace
       end
 
       # The class named by the job's `wrapped`, or nil when absent or unknown.
