@@ -10,7 +10,9 @@ Given the job, what the sidecar reported and the clock, ``decide`` answers one o
 from __future__ import annotations
 
 import base64
+import json
 import random
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,6 +24,51 @@ from .clock import sidekiq_time
 from .sidecar_client import Failed
 
 MESSAGE_LIMIT = 10_000
+
+# A run of 19+ digits may be an integer beyond 64 bits, which orjson silently turns into a float
+# (and cannot write back): such payloads take the exact, slower stdlib path.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_INF = float("inf")
+
+
+def load_job(raw: bytes) -> Any:
+    """Parse a job's JSON keeping every value's JSON type (integers of any size included).
+
+    orjson for the common case; Python's json module for long integers and for what orjson
+    refuses but Ruby accepts (lone surrogate escapes). Raises ValueError for anything that is
+    not strict JSON (NaN/Infinity, or a number too large for a float, included)."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+
+
+def dump_job(job: Any) -> bytes:
+    """Compact JSON for a job parsed by ``load_job``; ValueError if it cannot be written exactly."""
+    try:
+        return orjson.dumps(job)
+    except TypeError:  # integers beyond 64 bits, lone surrogates
+        pass
+    text = json.dumps(job, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: keep them as \u escapes, as they came
+        return json.dumps(job, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +101,7 @@ def encode_backtrace(lines: list[str], limit: Any) -> str:
     """base64(zlib(JSON lines)), strict base64 (every Sidekiq reader accepts it, §4.2)."""
     if isinstance(limit, int) and not isinstance(limit, bool):
         lines = lines[:limit]
-    return base64.b64encode(zlib.compress(orjson.dumps(lines))).decode("ascii")
+    return base64.b64encode(zlib.compress(dump_job(lines))).decode("ascii")
 
 
 def _truthy(value: Any) -> bool:
@@ -64,20 +111,27 @@ def _truthy(value: Any) -> bool:
 
 def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Policy,
            rand: Callable[[], float] = random.random) -> RetryAt | Dead | Discard:
-    job: dict[str, Any] = dict(env.job)
-    retry_opt = job["retry"] if "retry" in job else failure.class_retry
+    # re-parse exactly when orjson would have turned a long integer into a float
+    job: dict[str, Any] = load_job(env.raw) if _LONG_DIGITS.search(env.raw) else dict(env.job)
+    # JobRetry#local: a missing or null `retry` is taken from the class's sidekiq_options
+    retry_opt = job.get("retry")
+    if retry_opt is None:
+        retry_opt = failure.class_retry
     ms = env.ms_timestamps if policy.sidekiq_version == "auto" else policy.sidekiq_version == "8"
     sidekiq8 = ms
 
-    # lone surrogates cannot be written as UTF-8 JSON; Ruby would have scrubbed them already
-    message = failure.error_message[:MESSAGE_LIMIT].encode("utf-8", "replace").decode("utf-8")
+    if not _truthy(retry_opt):
+        # retry: false (or nil): no retry, no dead entry; JobRetry#global runs the death handlers
+        # only, with the job as it was fetched (no error fields)
+        return Dead(job, run_exhausted_block=False, to_dead_set=False)
+    job["retry"] = retry_opt  # as JobRetry#local stores the class option it filled in
+
+    # Ruby scrubs invalid text to U+FFFD; a lone surrogate is the JSON-side equivalent
+    message = failure.error_message[:MESSAGE_LIMIT]
+    message = message.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     job["queue"] = env.retry_queue or fetched_queue
     job["error_message"] = message
     job["error_class"] = failure.error_class
-
-    if not _truthy(retry_opt):
-        # retry: false (or nil): no retry, no dead entry; death handlers only (JobRetry#global)
-        return Dead(job, run_exhausted_block=False, to_dead_set=False)
 
     stamp = sidekiq_time(now, ms)
     if env.retry_count is not None:
@@ -98,11 +152,14 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
             window_over = failed_at + env.retry_for < now
             # 8.1+: retry_for replaces the count; 7.1.3-8.0: either ends the retries
             exhausted = window_over if policy.sidekiq_version == "8" else (exhausted or window_over)
+    # exhausted comes first: Sidekiq does not consult sidekiq_retry_in (so no :discard) then
+    if exhausted:
+        return Dead(job, run_exhausted_block=True, to_dead_set=env.dead)
 
     retry_in = failure.retry_in
     if retry_in == "discard":
         return Discard()
-    if exhausted or retry_in == "kill":
+    if retry_in == "kill":
         return Dead(job, run_exhausted_block=True, to_dead_set=env.dead)
 
     jitter = core.retry_jitter(count, rand(), sidekiq8)
@@ -110,5 +167,4 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
         delay = retry_in + jitter
     else:
         delay = core.retry_delay(count, jitter)
-    return RetryAt(orjson.dumps(job), now + delay, count, delay)
-
+    return RetryAt(dump_job(job), now + delay, count, delay)
