@@ -307,7 +307,7 @@ class Broker:
         async def op() -> None:
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(self.keys.dead, {member: now})
-                p.zremrangebyscore(self.keys.dead, "-inf", f"({now - timeout}")
+                p.zremrangebyscore(self.keys.dead, "-inf", now - timeout)  # inclusive, as DeadSet#kill
                 p.zremrangebyrank(self.keys.dead, 0, -max_jobs)
                 if queue is not None:
                     p.lrem(self.inprogress_key(queue), 1, raw)

@@ -75,7 +75,7 @@ for i = 4, #ARGV do
   end
 end
 if n > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]))
 end
 return n
