@@ -88,7 +88,7 @@ class Worker:
         self.log_path = log_path
         self.http_port = free_port()
         argv = [sys.executable, "-m", "fastworker", "--redis-url", redis_url, "--sidecar-url", sidecar_url,
-                "--http-port", str(self.http_port), *args]
+                "--http-host", "127.0.0.1", "--http-port", str(self.http_port), *args]
         full_env = dict(os.environ)
         full_env.update(env or {})
         self._log = open(log_path, "ab")
