@@ -113,6 +113,8 @@ class Fetcher:
             self._wakers = []
 
     async def _dispatch(self, items: list[tuple[str, bytes]]) -> None:
+        batch: list[tuple[str, Any]] = []
+        batch_max = self.processor.sidecar.batch_max
         for i, (queue, raw) in enumerate(items):
             try:
                 env = core.decode_envelope(raw)
@@ -120,15 +122,32 @@ class Fetcher:
                 await self.processor.kill_bad(queue, raw, f"undecodable payload: {exc}")
                 continue
             if not self.limiter.try_acquire():
+                # never hold a partial batch's tokens while waiting for another one
+                self._start_batch(batch)
+                batch = []
                 await self.limiter.acquire()
             if self.quiet:
                 # quiet or stop began while this batch was in hand: put the rest back, next in line
                 self.limiter.release()
+                self._start_batch(batch)
                 rest = [(queue, raw)] + list(items[i + 1:])
                 await self.broker.bulk_requeue(rest[::-1])
                 log.info("fetch_requeued", count=len(rest), reason="quiet")
                 return
-            self.manager.spawn(queue, env)
+            if batch_max > 1 and self.processor.batchable(env):
+                batch.append((queue, env))
+                if len(batch) >= batch_max:
+                    self._start_batch(batch)
+                    batch = []
+            else:
+                self.manager.spawn(queue, env)
+        self._start_batch(batch)
+
+    def _start_batch(self, batch: list[tuple[str, Any]]) -> None:
+        if len(batch) == 1:
+            self.manager.spawn(*batch[0])
+        elif batch:
+            self.manager.spawn_batch(batch)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake.clear()

@@ -77,6 +77,8 @@ class Launcher:
         await self.broker.register()
         self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
         await self.sidecar.start()
+        if not await self.sidecar.health():  # also learns whether /perform_batch is there
+            log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
         self.metrics = self._make_metrics()

@@ -51,6 +51,20 @@ class Manager:
         work.task = asyncio.get_running_loop().create_task(self.processor.process(work))
         return work
 
+    def spawn_batch(self, items: list[tuple[str, Any]]) -> list[Work]:
+        """Start several fast jobs as one sidecar request; the caller holds a token for each."""
+        works = []
+        now = self.clock.now()
+        for queue, env in items:
+            self._seq += 1
+            work = Work(queue, env, _base36(self._seq), now)
+            self.busy[work.tid] = work
+            works.append(work)
+        task = asyncio.get_running_loop().create_task(self.processor.process_batch(works))
+        for w in works:
+            w.task = task
+        return works
+
     def _finished(self, work: Work) -> None:
         if self.busy.pop(work.tid, None) is not None:
             self.limiter.release()
@@ -83,7 +97,7 @@ class Manager:
         except Exception as exc:  # Redis down at the deadline: they stay in the in-progress list
             log.error("shutdown_requeue_failed", count=len(items), error_class=type(exc).__name__,
                       error_message=str(exc))
-        tasks = [w.task for w in works if w.task is not None]
+        tasks = list({id(w.task): w.task for w in works if w.task is not None}.values())
         for t in tasks:
             t.cancel()
         await asyncio.wait(tasks, timeout=3.0)

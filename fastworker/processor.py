@@ -23,7 +23,7 @@ from .broker import Broker
 from .clock import Clock
 from .errors import SidecarUnavailable
 from .log import log
-from .sidecar_client import BadJob, Failed, SidecarClient
+from .sidecar_client import BadJob, Done, Failed, RuntimeTable, SidecarClient
 
 
 class Work:
@@ -52,59 +52,103 @@ class Processor:
         self.dead_timeout = dead_timeout
         self.metrics = metrics
         self.on_finished: Any = None  # set by the manager
+        self.runtimes = RuntimeTable()
+
+    def batchable(self, env: Any) -> bool:
+        """Batch only jobs known to run in well under a millisecond in Ruby: for those, one HTTP
+        request per job costs more than the job. Slower (I/O-bound) jobs keep one request each, so
+        they keep Puma's thread parallelism."""
+        return self.sidecar.batch_max > 1 and self.runtimes.fast(env.klass)
 
     async def process(self, work: Work) -> None:
+        """One job, one POST /perform."""
         env = work.env
         t0 = self.clock.mono()
+        self._started(work)
+        try:
+            self.breaker.started()
+            try:
+                result = await self.sidecar.perform(env.raw, env.jid)
+            except SidecarUnavailable as exc:
+                if not work.abandoned:
+                    self.breaker.failure(exc.reason, exc.retry_after)
+                    await self._requeue([work], exc)
+                return
+            if not work.abandoned:
+                self.breaker.success()
+                await self._outcome(work, result, self.clock.mono() - t0)
+        finally:
+            if self.on_finished is not None:
+                self.on_finished(work)
+
+    async def process_batch(self, works: list[Work]) -> None:
+        """Several sub-millisecond jobs in one POST /perform_batch (each keeps its own outcome)."""
+        t0 = self.clock.mono()
+        for w in works:
+            self._started(w)
+        try:
+            self.breaker.started()
+            try:
+                results = await self.sidecar.perform_batch([w.env.raw for w in works], [w.env.jid for w in works])
+            except SidecarUnavailable as exc:
+                live = [w for w in works if not w.abandoned]
+                if live:
+                    self.breaker.failure(exc.reason, exc.retry_after)
+                    await self._requeue(live, exc)
+                return
+            self.breaker.success()
+            elapsed = (self.clock.mono() - t0) / len(works)
+            unavailable: list[Work] = []
+            for w, result in zip(works, results):
+                if w.abandoned:
+                    continue
+                if isinstance(result, SidecarUnavailable):
+                    unavailable.append(w)
+                else:
+                    await self._outcome(w, result, elapsed)
+            if unavailable:
+                await self._requeue(unavailable, results[works.index(unavailable[0])])
+        finally:
+            if self.on_finished is not None:
+                for w in works:
+                    self.on_finished(w)
+
+    def _started(self, work: Work) -> None:
+        env = work.env
         if log.info_on:
             log.emit(20, "job_start", {"jid": env.jid, "class": env.display_class, "queue": work.queue,
                                        "retry_count": env.retry_count})
         if self.metrics is not None:
             self.metrics.job_started(work, self.clock.now())
-        try:
-            self.breaker.started()
-            try:
-                failure = await self.sidecar.perform(env.raw, env.jid)
-            except SidecarUnavailable as exc:
-                if not work.abandoned:
-                    await self._unavailable(work, exc)
-                return
-            except BadJob as exc:
-                self.breaker.success()
-                if not work.abandoned:
-                    await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {exc}")
-                return
-            if work.abandoned:
-                return
-            self.breaker.success()
-            elapsed = self.clock.mono() - t0
-            if failure is None:
-                self.broker.ack(work.queue, env.raw)
-                if log.info_on:
-                    log.emit(20, "job_done", {"jid": env.jid, "class": env.display_class, "queue": work.queue,
-                                              "elapsed_ms": round(elapsed * 1000, 3),
-                                              "retry_count": env.retry_count})
-                if self.metrics is not None:
-                    self.metrics.job_done(work, elapsed, True)
-            else:
-                log.warn("job_fail", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
-                         elapsed_ms=round(elapsed * 1000, 3), retry_count=env.retry_count,
-                         error_class=failure.error_class, error_message=failure.error_message[:500])
-                if self.metrics is not None:
-                    self.metrics.job_done(work, elapsed, False)
-                await self._failed(work, failure)
-        finally:
-            if self.on_finished is not None:
-                self.on_finished(work)
 
-    async def _unavailable(self, work: Work, exc: SidecarUnavailable) -> None:
+    async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:
         env = work.env
-        self.breaker.failure(exc.reason, exc.retry_after)
-        await self.broker.requeue(work.queue, env.raw)
-        log.warn("job_requeued", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
-                 reason=exc.reason, sidecar_status=exc.status)
-        if self.metrics is not None:
-            self.metrics.requeued("sidecar_unavailable")
+        if isinstance(result, Done):
+            self.broker.ack(work.queue, env.raw)
+            self.runtimes.observe(env.klass, result.runtime_ms)
+            if log.info_on:
+                log.emit(20, "job_done", {"jid": env.jid, "class": env.display_class, "queue": work.queue,
+                                          "elapsed_ms": round(elapsed * 1000, 3), "retry_count": env.retry_count})
+            if self.metrics is not None:
+                self.metrics.job_done(work, elapsed, True)
+        elif isinstance(result, Failed):
+            log.warn("job_fail", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
+                     elapsed_ms=round(elapsed * 1000, 3), retry_count=env.retry_count,
+                     error_class=result.error_class, error_message=result.error_message[:500])
+            if self.metrics is not None:
+                self.metrics.job_done(work, elapsed, False)
+            await self._failed(work, result)
+        else:
+            await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}")
+
+    async def _requeue(self, works: list[Work], exc: SidecarUnavailable) -> None:
+        """Infrastructure failed, not the job: back to the head of its queue, no retry spent."""
+        await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
+        for w in works:
+            log.warn("job_requeued", jid=w.env.jid, **{"class": w.env.display_class}, queue=w.queue,
+                     reason=exc.reason, sidecar_status=exc.status)
+            if self.metrics is not None:
+                self.metrics.requeued("sidecar_unavailable")
 
     async def _failed(self, work: Work, failure: Failed) -> None:
         env = work.env
@@ -126,7 +170,8 @@ class Processor:
                                                   decision.run_exhausted_block)
         except SidecarUnavailable as exc:
             # the hooks could not run: the job goes back untouched and will fail its way here again
-            await self._unavailable(work, exc)
+            self.breaker.failure(exc.reason, exc.retry_after)
+            await self._requeue([work], exc)
             return
         if decision.to_dead_set and result != "discard":
             import orjson

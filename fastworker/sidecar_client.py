@@ -24,6 +24,13 @@ _JSON = "application/json"
 
 
 @dataclass(slots=True)
+class Done:
+    """perform returned (200); ``runtime_ms`` as the sidecar measured it (None if not reported)."""
+
+    runtime_ms: float | None
+
+
+@dataclass(slots=True)
 class Failed:
     """The job raised (422)."""
 
@@ -37,6 +44,29 @@ class Failed:
 
 class BadJob(Exception):
     """The sidecar says the body is not a runnable job (400)."""
+
+
+FAST_MS = 0.5  # a class whose jobs take less than this in Ruby is batched
+BATCH_MAX = 8
+
+
+class RuntimeTable:
+    """Per job class, an exponentially weighted mean of the runtime the sidecar reports."""
+
+    __slots__ = ("_ewma",)
+
+    def __init__(self) -> None:
+        self._ewma: dict[str, float] = {}
+
+    def observe(self, klass: str, runtime_ms: float | None) -> None:
+        if runtime_ms is None:
+            return
+        old = self._ewma.get(klass)
+        self._ewma[klass] = runtime_ms if old is None else old * 0.8 + runtime_ms * 0.2
+
+    def fast(self, klass: str) -> bool:
+        value = self._ewma.get(klass)
+        return value is not None and value < FAST_MS
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
@@ -58,6 +88,7 @@ class SidecarClient:
         self.connect_timeout = connect_timeout
         self.job_timeout = job_timeout
         self.session: aiohttp.ClientSession | None = None
+        self.batch_max = 1  # raised when GET /health says the sidecar accepts /perform_batch
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.concurrency + 4, limit_per_host=0,
@@ -75,8 +106,8 @@ class SidecarClient:
             await self.session.close()
             self.session = None
 
-    async def perform(self, raw: bytes, jid: str) -> Failed | None:
-        """None when the job is done; Failed when it raised; raises SidecarUnavailable or BadJob."""
+    async def perform(self, raw: bytes, jid: str) -> Done | Failed | BadJob:
+        """Done or Failed (the job raised) or BadJob (400); raises SidecarUnavailable."""
         assert self.session is not None
         headers = {"Content-Type": _JSON, "Idempotency-Key": jid}
         try:
@@ -84,15 +115,52 @@ class SidecarClient:
                 status = resp.status
                 body = await resp.read()
                 if status == 200:
-                    return None
+                    return _done(body)
                 if status == 422:
                     return _failed(body)
                 if status == 400:
-                    raise BadJob(_excerpt(body))
+                    return BadJob(_excerpt(body))
                 raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status,
                                          _retry_after(resp))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
+        """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
+        newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
+        object per job, in order. A job the sidecar did not
+        attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
+        assert self.session is not None
+        try:
+            async with self.session.post(self.base_url + "/perform_batch", data=b"\n".join(raws),
+                                         headers={"Content-Type": "application/x-ndjson",
+                                                  "Idempotency-Keys": ",".join(jids)}) as resp:
+                status = resp.status
+                body = await resp.read()
+                if status != 200:
+                    raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status,
+                                             _retry_after(resp))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            items = orjson.loads(body)
+            if not isinstance(items, list) or len(items) != len(raws):
+                raise ValueError("wrong length")
+        except ValueError as exc:
+            raise SidecarUnavailable(f"unreadable /perform_batch answer: {exc}: {_excerpt(body)}") from exc
+        out: list[Done | Failed | BadJob | SidecarUnavailable] = []
+        for item in items:
+            st = item.get("status") if isinstance(item, dict) else None
+            if st == "done":
+                rt = item.get("runtime_ms")
+                out.append(Done(rt if isinstance(rt, (int, float)) else None))
+            elif st == "failed":
+                out.append(_failed_from(item))
+            elif st == "bad_request":
+                out.append(BadJob(str(item.get("error"))))
+            else:
+                out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}"))
+        return out
 
     async def exhausted(self, job: dict[str, Any], error_class: str, error_message: str,
                         run_exhausted_block: bool = True) -> str | None:
@@ -116,19 +184,38 @@ class SidecarClient:
         return result if result == "discard" else None
 
     async def health(self, timeout: float = 2.0) -> bool:
+        """GET /health; also learns whether the sidecar accepts /perform_batch."""
         if self.session is None:
             return False
         try:
             async with self.session.get(self.base_url + "/health",
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                await resp.read()
-                return resp.status == 200
+                body = await resp.read()
+                if resp.status != 200:
+                    return False
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
+        try:
+            info = orjson.loads(body)
+            self.batch_max = BATCH_MAX if isinstance(info, dict) and info.get("batch") else 1
+        except ValueError:
+            self.batch_max = 1
+        return True
 
 
 def _excerpt(body: bytes, n: int = 300) -> str:
     return body[:n].decode("utf-8", "replace")
+
+
+_DONE_UNKNOWN = Done(None)
+
+
+def _done(body: bytes) -> Done:
+    try:
+        rt = orjson.loads(body).get("runtime_ms")
+    except (ValueError, AttributeError):
+        return _DONE_UNKNOWN
+    return Done(rt) if isinstance(rt, (int, float)) else _DONE_UNKNOWN
 
 
 def _failed(body: bytes) -> Failed:
@@ -140,6 +227,10 @@ def _failed(body: bytes) -> Failed:
         # a 422 we cannot read still means the job raised: record what we have
         return Failed("Fastworker::SidecarError", f"unreadable 422 body: {_excerpt(body)}", None, None,
                       None, {})
+    return _failed_from(data)
+
+
+def _failed_from(data: dict[str, Any]) -> Failed:
     retry_in = data.get("retry_in")
     if not (retry_in in ("discard", "kill") or (isinstance(retry_in, int) and not isinstance(retry_in, bool))):
         retry_in = None

@@ -55,12 +55,13 @@ def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = N
 class StubSidecar:
     """The Python STUB sidecar (tests/helpers/stub_sidecar.py) in its own process."""
 
-    def __init__(self, record: bool = True, port: int | None = None) -> None:
+    def __init__(self, record: bool = True, port: int | None = None, extra: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, str(ROOT / "tests/helpers/stub_sidecar.py"), "--port", str(self.port)]
         if record:
             cmd.append("--record")
+        cmd.extend(extra or [])
         self.proc = subprocess.Popen(cmd, cwd=ROOT)
         wait_http(self.url + "/health", proc=self.proc)
 

@@ -33,6 +33,8 @@ class Stub:
         self.exhausted_calls: list[dict] = []
         self.mode_status: int | None = None
         self.retry_after: float | None = None
+        self.batches = 0
+        self.batch = True
 
     async def perform(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -53,6 +55,7 @@ class Stub:
             if self.record:
                 self.records.append({"jid": job.get("jid"), "raw": raw.decode(), "t": time.time(),
                                      "key": request.headers.get("Idempotency-Key")})
+            t0 = time.perf_counter()
             if klass == "SlowJob":
                 await asyncio.sleep(float(args[0]))
             elif klass in ("FailJob", "KillJob", "DiscardJob", "RetryInJob"):
@@ -64,9 +67,26 @@ class Stub:
                         "backtrace": ["app/jobs/fail_job.rb:3:in `perform'", "lib/a.rb:1", "lib/b.rb:2"],
                         "retry_in": retry_in}
                 return web.Response(status=422, body=orjson.dumps(body), content_type="application/json")
-            return web.Response(body=b'{"status":"done"}', content_type="application/json")
+            runtime_ms = (time.perf_counter() - t0) * 1000
+            return web.Response(body=orjson.dumps({"status": "done", "runtime_ms": runtime_ms}),
+                                content_type="application/json")
         finally:
             self.in_flight -= 1
+
+    async def perform_batch(self, request: web.Request) -> web.Response:
+        """Runs each line as its own /perform and answers one result object per job."""
+        if self.mode_status is not None:
+            return web.Response(status=self.mode_status, body=b'{"status":"unavailable"}')
+        out = []
+        self.batches += 1
+        keys = request.headers.get("Idempotency-Keys", "").split(",")
+        for i, line in enumerate((await request.read()).split(b"\n")):
+            resp = await self.perform(_FakeRequest(line, keys[i] if i < len(keys) else None))
+            item = orjson.loads(resp.body)
+            if resp.status == 400:
+                item = {"status": "bad_request", "error": item.get("error")}
+            out.append(item)
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def exhausted(self, request: web.Request) -> web.Response:
         self.exhausted_calls.append(orjson.loads(await request.read()))
@@ -75,10 +95,11 @@ class Stub:
     async def health(self, request: web.Request) -> web.Response:
         if self.mode_status is not None:
             return web.Response(status=503, body=b'{"status":"unavailable"}')
-        return web.Response(body=b'{"status":"ok","stub":true}', content_type="application/json")
+        return web.Response(body=orjson.dumps({"status": "ok", "stub": True, "batch": self.batch}),
+                            content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "in_flight": self.in_flight,
+        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches, "in_flight": self.in_flight,
                                                "records": self.records, "exhausted": self.exhausted_calls}),
                             content_type="application/json")
 
@@ -96,10 +117,21 @@ class Stub:
         return web.Response(body=b"{}")
 
 
-def make_app(record: bool) -> web.Application:
+class _FakeRequest:
+    def __init__(self, raw: bytes, key: str | None) -> None:
+        self._raw = raw
+        self.headers: dict[str, str] = {"Idempotency-Key": key} if key else {}
+
+    async def read(self) -> bytes:
+        return self._raw
+
+
+def make_app(record: bool, batch: bool = True) -> web.Application:
     stub = Stub(record)
+    stub.batch = batch
     app = web.Application()
     app.router.add_post("/perform", stub.perform)
+    app.router.add_post("/perform_batch", stub.perform_batch)
     app.router.add_post("/exhausted", stub.exhausted)
     app.router.add_get("/health", stub.health)
     app.router.add_get("/_stats", stub.stats)
@@ -112,13 +144,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--no-batch", action="store_true", help="do not offer /perform_batch")
     args = ap.parse_args()
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(args.record), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(make_app(args.record, not args.no_batch), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

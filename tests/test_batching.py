@@ -1,0 +1,56 @@
+"""Sub-millisecond jobs share one POST /perform_batch; slower ones keep one request each.
+Against the STUB sidecar (which offers /perform_batch unless started with --no-batch)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers.procs import StubSidecar, ruby_json, wait_until
+
+
+def processed(r) -> int:
+    return int(r.get("stat:processed") or 0)
+
+
+def test_fast_jobs_are_batched_and_each_keeps_its_own_outcome(redis_url, r, stub, worker):
+    jids = ruby_json(redis_url, """
+      ok = 300.times.map { |i| Sidekiq::Client.push("class" => "HardJob", "args" => [i]) }
+      bad = 3.times.map { |i| Sidekiq::Client.push("class" => "FailJob", "args" => ["no #{i}"]) }
+      puts (ok + bad).to_json""")
+    worker("-c", "16")
+    wait_until(lambda: processed(r) >= 303 and r.zcard("retry") == 3, 20, what="all jobs")
+    stats = stub.stats()
+    assert stats["batches"] > 0  # HardJob is learned to be fast, then batched
+    assert sorted(rec["jid"] for rec in stats["records"]) == sorted(jids)  # each exactly once
+    assert all(rec["key"] == rec["jid"] for rec in stats["records"])
+    retried = sorted(json.loads(m)["error_message"] for m in r.zrange("retry", 0, -1))
+    assert retried == ["no 0", "no 1", "no 2"]
+    assert r.llen("queue:default") == 0
+
+
+def test_slow_jobs_are_never_batched(redis_url, r, stub, worker):
+    ruby_json(redis_url, 'puts 30.times.map { Sidekiq::Client.push("class" => "SlowJob", "args" => [0.01]) }.to_json')
+    worker("-c", "10")
+    wait_until(lambda: processed(r) >= 30, 20, what="30 slow jobs")
+    assert stub.stats()["batches"] == 0
+
+
+def test_no_batches_when_the_sidecar_does_not_offer_them(redis_url, r, worker, tmp_path):
+    plain = StubSidecar(record=True, extra=["--no-batch"])
+    try:
+        ruby_json(redis_url, 'puts 200.times.map { Sidekiq::Client.push("class" => "HardJob", "args" => []) }.to_json')
+        worker("-c", "8", sidecar_url=plain.url)
+        wait_until(lambda: processed(r) >= 200, 20, what="200 jobs")
+        stats = plain.stats()
+        assert stats["batches"] == 0 and stats["count"] == 200
+    finally:
+        plain.stop()
+
+
+def test_a_batch_never_exceeds_the_concurrency_tokens(redis_url, r, stub, worker):
+    ruby_json(redis_url, 'puts 500.times.map { Sidekiq::Client.push("class" => "HardJob", "args" => []) }.to_json')
+    w = worker("-c", "3")
+    wait_until(lambda: processed(r) >= 500, 30, what="500 jobs")
+    # with 3 tokens no request can carry more than 3 jobs: peak in-flight jobs at the stub <= 3
+    assert stub.stats()["peak"] <= 3
+    assert w.proc.poll() is None
