@@ -102,6 +102,7 @@ class Broker:
         self._fetch_script = redis.register_script(scripts.FETCH)
         self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
         self._ack_script = redis.register_script(scripts.ACK)
+        self._requeue_script = redis.register_script(scripts.REQUEUE)
         self._fetch_keys: list[str] = []
         for q in self.queues:
             self._fetch_keys.append(keys.queue(q))
@@ -259,12 +260,20 @@ class Broker:
         if not items:
             return
 
+        # one conditional move per job (scripts.REQUEUE): only a job still in the in-progress list goes
+        # back, so a retry after a lost reply, or a race with the recoverer, never adds a second copy
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        args: list[int | bytes] = []
+        for queue, raw in items:
+            for key in (self.inprogress_key(queue), self.keys.queue(queue)):
+                if key not in index:
+                    keys.append(key)
+                    index[key] = len(keys)
+            args += (index[self.inprogress_key(queue)], index[self.keys.queue(queue)], raw)
+
         async def op() -> None:
-            async with self.redis.pipeline(transaction=True) as p:
-                for queue, raw in items:
-                    p.rpush(self.keys.queue(queue), raw)
-                    p.lrem(self.inprogress_key(queue), 1, raw)
-                await p.execute()
+            await self._requeue_script(keys=keys, args=args)
 
         await until_ok("requeue", op, self.health, self._stop_flag)
 

@@ -47,14 +47,18 @@ return out
 
 # Move due members of a sorted set (schedule or retry) to their queues. Python reads the due
 # members, rewrites each job's JSON (fresh enqueued_at, in the job's own timestamp format) and
-# passes triples here. A member moves only if this call removed it from the set (ZREM == 1), so any
-# number of schedulers can run at once without duplicating or losing a job.
-# KEYS[1] = the set, KEYS[2] = the `queues` set; ARGV = old member, queue key, queue name, new JSON, ...
+# passes quadruples here. A member moves only if it is still due (its score may have been changed
+# since it was read, e.g. by SortedEntry#reschedule) and this call removed it from the set
+# (ZREM == 1), so any number of schedulers can run at once without duplicating or losing a job.
+# KEYS[1] = the set, KEYS[2] = the `queues` set; ARGV[1] = now (the score limit, inclusive),
+# then ARGV = old member, queue key, queue name, new JSON, ...
 # Returns the number moved.
 MOVE_DUE = """
+local now = tonumber(ARGV[1])
 local moved = 0
-for i = 1, #ARGV, 4 do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+for i = 2, #ARGV, 4 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     redis.call('SADD', KEYS[2], ARGV[i+2])
     redis.call('LPUSH', ARGV[i+1], ARGV[i+3])
     moved = moved + 1
@@ -99,4 +103,81 @@ for i = 1, #ARGV, 2 do
   redis.call('LREM', KEYS[tonumber(ARGV[i])], 1, ARGV[i+1])
 end
 return #ARGV / 2
+"""
+
+# Put jobs back at the head of their queue, each only if this call removed it from its in-progress
+# list (LREM == 1). A job already acked, retried, killed or requeued by someone else is left alone,
+# so a requeue retried after a lost reply, or racing another mover (the recoverer, a hard shutdown),
+# never puts a second copy in the queue.
+# KEYS = distinct keys; ARGV = in-progress key index, queue key index, job, ... (1-based indexes).
+# Returns the number moved.
+REQUEUE = """
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('LREM', KEYS[tonumber(ARGV[i])], 1, ARGV[i+2]) == 1 then
+    redis.call('RPUSH', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Crash recovery of ONE process, claim and move in one atomic step (recoverer.py). The claim is the
+# HDEL of its registration: only the recoverer whose script still finds the entry, old enough and
+# without a live heartbeat key, moves anything, so two recoverers never both move a job, and a
+# recoverer that dies half-way cannot leave a claimed process's jobs behind.
+# Each job: HINCRBY its jid in the recovered-count hash; over the limit -> dead set (a poison pill
+# that keeps killing processes), else back to the head of its queue (newest first, so the oldest
+# is next in line, as RETURN_INPROGRESS does).
+# KEYS[1] fastworker:processes, KEYS[2] <identity> (heartbeat), KEYS[3] its inprogress-queues set,
+# KEYS[4] fastworker:recovered, KEYS[5] dead, then in-progress list, queue key, ... per queue.
+# ARGV[1] identity, ARGV[2] registered-before cutoff (epoch s), ARGV[3] now, ARGV[4] poison-pill
+# limit, ARGV[5] recovered-hash TTL, ARGV[6] dead cutoff score, ARGV[7] dead max jobs, then per job
+# known in advance: raw, jid, dead-set member. A job not listed falls back to cjson for its jid and
+# to its raw string as the dead-set member.
+# Returns false when not claimed, else {requeued, dead, dead jid, ...}.
+RECOVER = """
+local reg = redis.call('HGET', KEYS[1], ARGV[1])
+if not reg then return false end
+if tonumber(reg) == nil or tonumber(reg) > tonumber(ARGV[2]) then return false end
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local known = {}
+for i = 8, #ARGV, 3 do known[ARGV[i]] = i end
+local limit = tonumber(ARGV[4])
+local moved, dead, out = 0, 0, {}
+for k = 6, #KEYS, 2 do
+  while true do
+    local job = redis.call('LPOP', KEYS[k])
+    if not job then break end
+    local jid, member = nil, job
+    local i = known[job]
+    if i then
+      jid, member = ARGV[i+1], ARGV[i+2]
+    else
+      local ok, obj = pcall(cjson.decode, job)
+      if ok and type(obj) == 'table' and type(obj['jid']) == 'string' then jid = obj['jid'] end
+    end
+    local n = 0
+    if jid and jid ~= '' then n = redis.call('HINCRBY', KEYS[4], jid, 1) end
+    if n > limit then
+      redis.call('ZADD', KEYS[5], ARGV[3], member)
+      redis.call('HDEL', KEYS[4], jid)
+      dead = dead + 1
+      out[#out+1] = jid
+    else
+      redis.call('RPUSH', KEYS[k+1], job)
+      moved = moved + 1
+    end
+  end
+end
+if moved + dead > 0 then redis.call('EXPIRE', KEYS[4], ARGV[5]) end
+if dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[6])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -tonumber(ARGV[7]))
+end
+redis.call('DEL', KEYS[3])
+table.insert(out, 1, dead)
+table.insert(out, 1, moved)
+return out
 """
