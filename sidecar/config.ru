@@ -17,6 +17,9 @@ Fastworker::Sidecar.drain = drain
 if defined?(::Puma::Server)
   require "fastworker/sidecar/puma_drain"
   Fastworker::Sidecar::PumaDrain.install!
+  # Puma 5's TERM handler re-raises SIGTERM after starting the stop, which would end the
+  # process before the drain. Same as `raise_exception_on_sigterm false` in a Puma config.
+  Puma.cli_config.options[:raise_exception_on_sigterm] = false if Puma.respond_to?(:cli_config) && Puma.cli_config
 end
 
 Fastworker::Sidecar::Boot.boot!(ENV.fetch("RAILS_ROOT") { Dir.pwd })
