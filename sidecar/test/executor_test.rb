@@ -23,6 +23,22 @@ class ExecutorTest < Minitest::Test
     assert_nil Fastworker::Sidecar.current_idempotency_key, "cleared after the job"
   end
 
+  def test_idempotency_key_header_is_exposed_as_sent
+    perform(job("ContextJob"), "Idempotency-Key" => "key-from-the-worker")
+    assert_equal "key-from-the-worker", Recorder[:context].first["idempotency_key"]
+  end
+
+  def test_hard_stop_interrupt_answers_shutdown_and_frees_the_slot
+    payload = job("SlowJob", [5])
+    runner = Thread.new { perform(payload) }
+    sleep 0.01 until @drain.in_flight == 1
+    assert_equal 1, @drain.interrupt_running(Sidekiq::Shutdown)
+    status, body = runner.value
+    assert_equal [503, "shutdown", payload["jid"]], [status, body["status"], body["jid"]]
+    assert_equal 0, @drain.in_flight
+    assert_empty Recorder[:errors]
+  end
+
   def test_reloader_wraps_the_job_and_resets_current_attributes
     perform(job("ContextJob", ["a"]))
     perform(job("ContextJob", ["b"]))

@@ -3,6 +3,8 @@
 require_relative "helper"
 require "net/http"
 require "socket"
+require "tmpdir"
+require "fileutils"
 
 # bin/fastworker-sidecar as a real process: boot, /health, capacity over HTTP, drain on TERM,
 # cluster mode, option errors.
@@ -121,8 +123,21 @@ class LauncherTest < Minitest::Test
     refute_nil wait_exit(20)
   end
 
+  def test_boot_failure_exits_1
+    Dir.mktmpdir do |root|
+      FileUtils.mkdir_p(File.join(root, "config"))
+      File.write(File.join(root, "config", "environment.rb"), "raise 'this app cannot boot'\n")
+      out = IO.popen([RbConfig.ruby, BIN, "--rails-root", root, "--port", free_port.to_s, err: [:child, :out]], &:read)
+      assert_equal 1, $?.exitstatus
+      assert_match(/boot failed: RuntimeError: this app cannot boot/, out)
+    end
+  end
+
   def test_bad_options_exit_64
-    out = IO.popen([RbConfig.ruby, BIN, "--threads", "zero", err: [:child, :out]], &:read)
+    out = IO.popen([RbConfig.ruby, BIN, "--rails-root", "/nonexistent", err: [:child, :out]], &:read)
+    assert_equal 64, $?.exitstatus
+    assert_match(%r{/nonexistent has no config/environment.rb}, out)
+    out = IO.popen([RbConfig.ruby, BIN, "--rails-root", DUMMY_ROOT, "--threads", "zero", err: [:child, :out]], &:read)
     assert_equal 64, $?.exitstatus
     assert_match(/threads/, out)
     out = IO.popen({"FASTWORKER_SIDECAR_THREADS" => "x"}, [RbConfig.ruby, BIN, err: [:child, :out]], &:read)

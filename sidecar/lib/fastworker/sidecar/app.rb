@@ -6,8 +6,9 @@ module Fastworker
     #
     # Duties:
     # 1. Route: POST /perform, POST /exhausted, GET /health, GET /metrics; 404/405 otherwise.
-    # 2. /perform: parse (400 when the body is not a job), admit through the Drain (503 when
-    #    booting, draining or at capacity), hand over to the Executor (200 / 422 / 503).
+    # 2. /perform: parse (400 when the body is not a job), hand over to the Executor, which
+    #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
+    #    (200 / 422 / 503).
     # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
     # 4. /health: 200 with versions and in-flight count once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
@@ -62,9 +63,6 @@ module Fastworker
       def perform(env)
         raw = read_body(env)
         job = Payload.parse_job(raw)
-        admission = @drain.admit
-        return Result.unavailable(admission, job["jid"]) unless admission == :ok
-
         @executor.call(job, raw, idempotency_key: env["HTTP_IDEMPOTENCY_KEY"])
       end
 

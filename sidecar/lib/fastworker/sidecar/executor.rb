@@ -20,23 +20,34 @@ module Fastworker
     #    existed ("global", e.g. an unknown class) gets no class retry hooks, as in Sidekiq.
     # 5. On failure: the error report, the retry advice (computed inside the reloader while
     #    the exception is alive), then Sidekiq's error handlers with Sidekiq's context hash.
-    # 6. Always give the Drain slot back, and never let a late Sidekiq::Shutdown (raised by a
-    #    hard stop just as the job finished) escape into Puma.
+    # 6. Admission: take a Drain slot (or answer 503), always give it back, and never let a
+    #    late Sidekiq::Shutdown (raised by a hard stop just as the job finished) escape into Puma.
     class Executor
       def initialize(drain)
         @drain = drain
       end
 
-      # The job was admitted by the Drain; this releases it whatever happens.
+      # Admits the job through the Drain (503 when booting, draining or at capacity), runs it,
+      # and releases its slot whatever happens. A hard stop raises Sidekiq::Shutdown only in
+      # admitted threads, and such a thread only takes it inside `execute`: everywhere else
+      # here the interrupt is deferred, and one that arrives after `execute` returned is
+      # swallowed so the job's own result stands.
       def call(job, raw, idempotency_key: nil)
         result = nil
         begin
           Thread.handle_interrupt(::Sidekiq::Shutdown => :never) do
-            result = Thread.handle_interrupt(::Sidekiq::Shutdown => :immediate) do
-              execute(job, raw, idempotency_key)
+            admission = @drain.admit
+            if admission == :ok
+              begin
+                result = Thread.handle_interrupt(::Sidekiq::Shutdown => :immediate) do
+                  execute(job, raw, idempotency_key)
+                end
+              ensure
+                @drain.release
+              end
+            else
+              result = Result.unavailable(admission, job["jid"])
             end
-          ensure
-            @drain.release
           end
         rescue ::Sidekiq::Shutdown
           # Arrived after the job had finished: its own result stands.
@@ -49,7 +60,7 @@ module Fastworker
       def execute(job, raw, idempotency_key)
         started = monotonic
         state = {local: false, advice: nil}
-        Thread.current[IDEMPOTENCY_KEY] = idempotency_key || job["jid"]
+        Thread.current[IDEMPOTENCY_KEY] = (idempotency_key.nil? || idempotency_key.empty?) ? job["jid"] : idempotency_key
         queue = job["queue"].is_a?(String) ? job["queue"] : "default"
         begin
           in_logging_context(job, queue) { dispatch(job, raw, queue, state) }

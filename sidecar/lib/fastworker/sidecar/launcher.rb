@@ -96,10 +96,14 @@ module Fastworker
       end
 
       # Before forking workers: nothing the master opened may be shared with children.
+      # (Sidekiq 7+ uses redis-client, which reconnects after a fork by itself; Sidekiq 6's
+      # redis-rb pool, if the master created one, is emptied.)
       def self.close_connections
         ::ActiveRecord::Base.connection_handler.clear_all_connections! if defined?(::ActiveRecord::Base)
-        pool = ::Sidekiq.redis_pool
-        pool.reload(&:close) if pool.respond_to?(:reload)
+        unless ::Sidekiq.respond_to?(:default_configuration)
+          pool = ::Sidekiq.instance_variable_get(:@redis)
+          pool.reload(&:close) if pool.respond_to?(:reload)
+        end
       rescue => e
         Compat.logger.warn("fastworker-sidecar: closing connections before fork: #{e.class}: #{e.message}")
       end
@@ -118,8 +122,8 @@ module Fastworker
         parser(opts).parse!(argv)
         raise OptionParser::InvalidArgument, "unexpected arguments: #{argv.join(" ")}" unless argv.empty?
 
-        validate!(opts)
         opts[:rails_root] = File.expand_path(opts[:rails_root])
+        validate!(opts)
         opts
       end
 
@@ -141,6 +145,9 @@ module Fastworker
       end
 
       def validate!(opts)
+        unless File.file?(File.join(opts[:rails_root], "config", "environment.rb"))
+          raise OptionParser::InvalidArgument, "--rails-root #{opts[:rails_root]} has no config/environment.rb"
+        end
         raise OptionParser::InvalidArgument, "--threads must be >= 1" unless opts[:threads] >= 1
         raise OptionParser::InvalidArgument, "--workers must be >= 1" unless opts[:workers] >= 1
         raise OptionParser::InvalidArgument, "--port must be 1..65535" unless (1..65_535).cover?(opts[:port])
