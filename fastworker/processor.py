@@ -70,6 +70,8 @@ class Processor:
             try:
                 result = await self.sidecar.perform(env.raw, env.jid)
             except SidecarUnavailable as exc:
+                if self.metrics is not None:
+                    self.metrics.sidecar_call("unavailable", self.clock.mono() - t0)
                 if not work.abandoned:
                     self.breaker.failure(exc.reason, exc.retry_after)
                     await self._requeue([work], exc)
@@ -91,6 +93,10 @@ class Processor:
             try:
                 results = await self.sidecar.perform_batch([w.env.raw for w in works], [w.env.jid for w in works])
             except SidecarUnavailable as exc:
+                if self.metrics is not None:
+                    share = (self.clock.mono() - t0) / len(works)
+                    for _ in works:
+                        self.metrics.sidecar_call("unavailable", share)
                 live = [w for w in works if not w.abandoned]
                 if live:
                     self.breaker.failure(exc.reason, exc.retry_after)
@@ -104,6 +110,8 @@ class Processor:
                     continue
                 if isinstance(result, SidecarUnavailable):
                     unavailable.append(w)
+                    if self.metrics is not None:
+                        self.metrics.sidecar_call("unavailable", elapsed)
                 else:
                     await self._outcome(w, result, elapsed)
             if unavailable:
@@ -139,6 +147,8 @@ class Processor:
                 self.metrics.job_done(work, elapsed, False)
             await self._failed(work, result)
         else:
+            if self.metrics is not None:
+                self.metrics.sidecar_call("bad_job", elapsed)
             await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}")
 
     async def _requeue(self, works: list[Work], exc: SidecarUnavailable) -> None:
