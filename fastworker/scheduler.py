@@ -1,0 +1,220 @@
+"""The scheduler: moves due jobs from ``retry`` and ``schedule`` to their queues (Sidekiq's
+scheduled.rb, Poller and Enq).
+
+Duties:
+1. Poll at a random interval in [0.5, 1.5) x ``poll_interval`` (1 s on average by default, so a
+   due job is in its queue within ~1.5 s). The spread keeps processes started together from
+   polling in step (scheduled.rb#random_poll_interval); every process polls, none coordinates.
+2. Each poll, for ``retry`` then ``schedule``: read up to BATCH due members with
+   ``ZRANGE key -inf now BYSCORE LIMIT 0 BATCH`` (O(log N + due): a million future entries cost
+   one cheap read), give each a fresh ``enqueued_at`` in the job's own format, and move the batch
+   in one MOVE_DUE call. Repeat while a batch comes back full.
+3. MOVE_DUE pushes a member only if it is still due and its own ZREM removed it, so any number of
+   processes can run this at once and each job is moved exactly once. Removal and push are one
+   atomic script: unlike Sidekiq's ZREM-then-Client.push, a crash in between cannot lose a job.
+4. The job is re-written as Sidekiq's Client.push would write it: every key kept with its JSON
+   type (integers of any size too), ``enqueued_at`` = now (float seconds, or integer ms for a
+   Sidekiq 8 payload), and ``queue`` / ``jid`` / ``created_at`` filled in only when missing.
+5. A member that cannot be a job (not JSON, not an object, no class, no args array, a bad
+   queue) goes to the dead set, trimmed as Sidekiq trims it, with the reason logged. Sidekiq
+   would raise after the ZREM and lose it.
+6. Quiet (TSTP) or shutdown: finish the batch in hand, then stop polling.
+7. A Redis error goes to ``health`` (which logs the outage once); the next poll tries again.
+   Any other error is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from . import scripts
+from .broker import REDIS_ERRORS
+from .log import log
+from .retry import dump_job, load_job
+
+BATCH = 500
+
+
+class BadMember(ValueError):
+    """A sorted-set member that is not a runnable job; the message is the reason."""
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "float", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
+    """The queue and the JSON to push for a due member; BadMember when it cannot be a job.
+
+    ``version`` is the configured Sidekiq flavour: "8" writes integer milliseconds, "6"/"7"
+    float seconds, "auto" follows the job (an integer ``created_at``, else ``enqueued_at``,
+    means a Sidekiq 8 payload).
+    """
+    try:
+        job = load_job(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadMember(f"invalid JSON: {exc}") from None
+    if type(job) is not dict:
+        raise BadMember(f"payload is not a JSON object (got {_kind(job)})")
+    klass = job.get("class")
+    if type(klass) is not str or not klass:
+        raise BadMember(f"missing or invalid 'class' (got {_kind(klass) if 'class' in job else 'nothing'})")
+    if type(job.get("args")) is not list:
+        raise BadMember(f"'args' must be an array (got {_kind(job['args']) if 'args' in job else 'nothing'})")
+    queue = job.get("queue", "default")
+    if type(queue) is not str or not queue:
+        raise BadMember(f"invalid 'queue' (got {_kind(queue)})")
+
+    if version == "auto":
+        created = job.get("created_at")
+        probe = created if type(created) in (int, float) else job.get("enqueued_at")
+        ms = type(probe) is int
+    else:
+        ms = version == "8"
+    stamp: float | int = int(now * 1000) if ms else now
+
+    # Client#normalize_item fills these in when absent; everything else stays as it was
+    job["queue"] = queue
+    if job.get("jid") is None:
+        job["jid"] = secrets.token_hex(12)
+    if job.get("created_at") is None:
+        job["created_at"] = stamp
+    job["enqueued_at"] = stamp
+    try:
+        return queue, dump_job(job)
+    except ValueError as exc:
+        raise BadMember(f"cannot be written back as JSON: {exc}") from None
+
+
+class Scheduler:
+    def __init__(self, launcher: Any, batch: int = BATCH, rand: Callable[[], float] = random.random) -> None:
+        c = launcher.config
+        self.redis = launcher.redis
+        self.keys = launcher.keys
+        self.health = launcher.health
+        self.clock = launcher.clock
+        self.metrics = getattr(launcher, "metrics", None)
+        self.poll_interval = float(c.poll_interval)
+        self.version = str(c.sidekiq_version)
+        self.dead_max_jobs = c.dead_max_jobs
+        self.dead_timeout = c.dead_timeout
+        self.batch = batch
+        self.rand = rand
+        self.sets = ((self.keys.retry, "retry"), (self.keys.schedule, "schedule"))
+        self._move = self.redis.register_script(scripts.MOVE_DUE)
+        self._kill = self.redis.register_script(scripts.KILL_FROM_SET)
+        self._done = False
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        # running totals (for metrics and tests)
+        self.polls = 0
+        self.moved = 0
+        self.killed = 0
+
+    # -- lifecycle (the launcher's component protocol) -----------------------------------------
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="scheduler")
+
+    def quiet(self) -> None:
+        """Stop scheduling: a quiet process neither enqueues scheduled jobs nor moves retries."""
+        self._done = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def stopping(self) -> None:
+        self.quiet()
+
+    async def stop(self) -> None:
+        self.quiet()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=5.0)
+        if not done:  # stuck on Redis: the script is atomic, so cancelling loses nothing
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def interval(self) -> float:
+        """Seconds to the next poll: uniform in [0.5, 1.5) x poll_interval."""
+        return self.poll_interval * (0.5 + self.rand())
+
+    async def run(self) -> None:
+        while not self._done:
+            await self.poll()
+            if self._done:
+                break
+            try:
+                assert self._wake is not None
+                await asyncio.wait_for(self._wake.wait(), self.interval())
+            except asyncio.TimeoutError:
+                pass
+
+    async def poll(self) -> int:
+        """One poll with its errors handled; returns how many jobs moved."""
+        t0 = self.clock.mono()
+        try:
+            counts = await self.tick()
+        except REDIS_ERRORS as exc:
+            self.health.failed("scheduler", exc)
+            return 0
+        except Exception as exc:  # a bug or an unexpected reply must not end scheduling for good
+            log.error("scheduler_error", error_class=type(exc).__name__, error_message=str(exc)[:500])
+            return 0
+        self.health.succeeded()
+        self.polls += 1
+        moved = sum(counts.values())
+        if moved:
+            log.info("scheduled_enqueued", **counts, elapsed_ms=round((self.clock.mono() - t0) * 1000, 3))
+        return moved
+
+    async def tick(self) -> dict[str, int]:
+        """Move everything due now from retry, then schedule. Redis errors propagate."""
+        counts: dict[str, int] = {}
+        for key, name in self.sets:
+            moved = 0
+            while not self._done:
+                now = self.clock.now()
+                due = await self.redis.zrange(key, "-inf", repr(now), byscore=True, offset=0, num=self.batch)
+                if due:
+                    moved += await self._enqueue(key, name, due, now)
+                if len(due) < self.batch:
+                    break
+            counts[name] = moved
+        return counts
+
+    async def _enqueue(self, key: str, name: str, members: list[bytes], now: float) -> int:
+        args: list[Any] = [repr(now)]
+        bad: list[tuple[bytes, str]] = []
+        for raw in members:
+            try:
+                queue, job = prepare(raw, now, self.version)
+            except BadMember as exc:
+                bad.append((raw, str(exc)))
+                continue
+            args += (raw, self.keys.queue(queue), queue, job)
+        moved = 0
+        if len(args) > 1:
+            moved = int(await self._move(keys=[key, self.keys.queues], args=args))
+            self.moved += moved
+        for raw, reason in bad:
+            await self._kill_bad(key, name, raw, reason, now)
+        return moved
+
+    async def _kill_bad(self, key: str, name: str, raw: bytes, reason: str, now: float) -> None:
+        """Into the dead set as the raw string (only if this process removed it from ``key``)."""
+        n = await self._kill(keys=[key, self.keys.dead],
+                             args=[repr(now), repr(now - self.dead_timeout), self.dead_max_jobs, raw])
+        if n:
+            self.killed += 1
+            log.error("job_dead", set=name, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
+            if self.metrics is not None and hasattr(self.metrics, "dead"):
+                self.metrics.dead()
