@@ -184,8 +184,7 @@ class Processor:
             await self._requeue([work], exc)
             return
         if decision.to_dead_set and result != "discard":
-            import orjson
-            await self.broker.kill(work.queue, env.raw, orjson.dumps(decision.job), now,
+            await self.broker.kill(work.queue, env.raw, retry.dump_job(decision.job), now,
                                    self.dead_max_jobs, self.dead_timeout)
             log.warn("job_dead", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
                      retry_count=decision.job.get("retry_count"), error_class=failure.error_class,
