@@ -113,6 +113,7 @@ class Broker:
         self._processed = 0
         self._failed = 0
         self._flush_task: asyncio.Task[None] | None = None
+        self.acks_inflight: list[tuple[str, bytes]] = []  # the batch being written (read by the recoverer)
         self._flush_wanted = False
 
     def _stop_flag(self) -> bool:
@@ -145,15 +146,14 @@ class Broker:
         queues = self.queues
         return [(queues[flat[i] - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
 
-    async def wait_for_job(self, queue: str, timeout: float) -> bool:
-        """Block until ``queue`` has a job (or ``timeout``); the job is left where it was.
+    async def wait_for_job(self, queue: str, timeout: float) -> bytes | None:
+        """Block until ``queue`` has a job (or ``timeout``), and take it.
 
-        BLMOVE from the queue to itself, right to right, pops the next job and pushes it straight
-        back to the same end in one atomic step: nothing is ever outside the list.
+        One BLMOVE from the queue straight into this process's in-progress list: atomic, so the
+        job is never outside Redis, and it saves the idle worker a second round trip.
         """
-        key = self.keys.queue(queue)
-        got = await self.blocking_redis.blmove(key, key, timeout, "RIGHT", "RIGHT")
-        return got is not None
+        return await self.blocking_redis.blmove(self.keys.queue(queue), self.inprogress_key(queue), timeout,
+                                                "RIGHT", "LEFT")
 
     # -- ack and stats -----------------------------------------------------------------------
 
@@ -215,6 +215,7 @@ class Broker:
             self._stats_into(p, processed, failed)
             await p.execute()
 
+        self.acks_inflight = acks
         try:
             await until_ok("ack", op, self.health, self._stop_flag)
         except REDIS_ERRORS:
@@ -224,6 +225,8 @@ class Broker:
             self._processed += processed
             self._failed += failed
             raise
+        finally:
+            self.acks_inflight = []
 
     def _stats_into(self, p: Any, processed: int, failed: int) -> None:
         if not (processed or failed):

@@ -6,8 +6,8 @@ Duties:
 2. many jobs per round trip when queues are deep (one Lua call moves a batch);
 3. queue order: strict (the given order, every time) or weighted (a fresh shuffle of the
    expanded list per job slot, de-duplicated: Sidekiq's per-fetch shuffle);
-4. with every queue empty, block instead of polling: one waker per queue blocks on it and wakes
-   the fetch loop the moment a job is pushed;
+4. with every queue empty, block instead of polling: one waker per queue blocks on it (a BLMOVE
+   into the in-progress list) and hands the job to the fetch loop the moment it is pushed;
 5. decode each job (the core); an undecodable one goes to the dead set with the reason;
 6. after quiet or stop began, jobs fetched in flight go back to the head of their queue.
 """
@@ -27,7 +27,8 @@ from .manager import Manager
 from .processor import Processor
 
 BATCH_MAX = 64
-WAKER_TIMEOUT = 2.0  # seconds a waker blocks per command: an idle worker sends ~0.5 cmd/s per queue
+WAKER_TIMEOUT = 5.0  # seconds a waker blocks per command: an idle worker sends 0.2 cmd/s per queue
+IDLE_RECHECK = 10.0  # the fetch loop re-polls on its own only if every waker failed to wake it
 
 
 class Fetcher:
@@ -51,8 +52,10 @@ class Fetcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._wakers: list[asyncio.Task[None]] = []
+        self._handoff: list[tuple[str, bytes]] = []  # jobs a waker already moved to in-progress
         self.fetched = 0
         self.round_trips = 0
+        self.in_hand: Sequence[tuple[str, bytes]] = ()  # fetched, not yet handed to the manager (recoverer)
 
     # -- queue order ---------------------------------------------------------------------------
 
@@ -87,6 +90,11 @@ class Fetcher:
                 if not self.breaker.allow_fetch():
                     await self._sleep_or_wake(0.1)
                     continue
+                if self._handoff:  # jobs a waker already took: they come first
+                    items, self._handoff = self._handoff, []
+                    self.fetched += len(items)
+                    await self._dispatch(items)
+                    continue
                 n = min(self.limiter.free + self.prefetch, BATCH_MAX)
                 if self.breaker.state != "closed":
                     n = 1
@@ -111,8 +119,20 @@ class Fetcher:
             if self._wakers:
                 await asyncio.wait(self._wakers, timeout=1.0)
             self._wakers = []
+            if self._handoff:  # taken by a waker as quiet began: back to the head of its queue
+                items, self._handoff = self._handoff, []
+                await self.broker.bulk_requeue(items[::-1])
 
     async def _dispatch(self, items: list[tuple[str, bytes]]) -> None:
+        self.in_hand = items
+        try:
+            await self._dispatch_items(items)
+        finally:
+            self.in_hand = ()
+        if self.breaker.state == "half_open":
+            await asyncio.sleep(0)  # let the probe job call breaker.started() before the next fetch
+
+    async def _dispatch_items(self, items: list[tuple[str, bytes]]) -> None:
         batch: list[tuple[str, Any]] = []
         batch_max = self.processor.sidecar.batch_max
         for i, (queue, raw) in enumerate(items):
@@ -126,13 +146,14 @@ class Fetcher:
                 self._start_batch(batch)
                 batch = []
                 await self.limiter.acquire()
-            if self.quiet:
-                # quiet or stop began while this batch was in hand: put the rest back, next in line
+            if self.quiet or self.breaker.state == "open":
+                # quiet or stop began, or the circuit opened, while this batch was in hand: put the
+                # rest back, next in line (a job never goes to a sidecar the breaker gave up on)
                 self.limiter.release()
                 self._start_batch(batch)
                 rest = [(queue, raw)] + list(items[i + 1:])
                 await self.broker.bulk_requeue(rest[::-1])
-                log.info("fetch_requeued", count=len(rest), reason="quiet")
+                log.info("fetch_requeued", count=len(rest), reason="quiet" if self.quiet else "breaker_open")
                 return
             if batch_max > 1 and self.processor.batchable(env):
                 batch.append((queue, env))
@@ -163,7 +184,7 @@ class Fetcher:
         self._wake.clear()
         self._idle.set()
         try:
-            await asyncio.wait_for(self._wake.wait(), WAKER_TIMEOUT + 0.5)
+            await asyncio.wait_for(self._wake.wait(), IDLE_RECHECK)
         except asyncio.TimeoutError:
             pass
         finally:
@@ -173,12 +194,13 @@ class Fetcher:
         while True:
             await self._idle.wait()
             try:
-                got = await self.broker.wait_for_job(queue, WAKER_TIMEOUT)
+                raw = await self.broker.wait_for_job(queue, WAKER_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
                 self.broker.health.failed("wait", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if got:
+            if raw is not None:
+                self._handoff.append((queue, raw))
                 self._wake.set()
