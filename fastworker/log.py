@@ -7,9 +7,11 @@ to a buffered stream that a background task flushes every 100 ms (and at exit).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import traceback
 from typing import IO, Any
 
 import orjson
@@ -49,9 +51,8 @@ class EventLog:
             rec["pid"] = self.pid
             line = orjson.dumps(rec, default=str) + b"\n"
         else:
-            parts = [self._ts(), _NAMES[level].upper(), f"pid={self.pid}"]
-            parts.extend(f"{k}={v}" for k, v in fields.items() if v is not None)
-            parts.append(event)
+            parts = [self._ts(), _NAMES[level].upper(), event, f"pid={self.pid}"]
+            parts.extend(f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None)
             line = (" ".join(parts) + "\n").encode("utf-8", "replace")
         try:
             self.stream.write(line)
@@ -88,9 +89,55 @@ class EventLog:
 log = EventLog()
 
 
+def _text_value(v: Any) -> str:
+    """A value for the text format: bare when it is one word, else quoted (JSON string rules)."""
+    if isinstance(v, (dict, list, tuple)):
+        return orjson.dumps(v, default=str).decode()
+    text = str(v)
+    if not text or any(c in text for c in ' ="\n\t'):
+        return orjson.dumps(text).decode()
+    return text
+
+
+class _Bridge(logging.Handler):
+    """Python's ``logging`` (asyncio's "Task exception was never retrieved", aiohttp, redis-py) and
+    ``warnings`` into the same one-line events, so stdout never mixes formats."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = 40 if record.levelno >= logging.ERROR else 30 if record.levelno >= logging.WARNING else \
+                20 if record.levelno >= logging.INFO else 10
+            if level < log.level:
+                return
+            fields: dict[str, Any] = {"logger": record.name, "message": record.getMessage()[:2000]}
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                fields["error_class"] = type(exc).__name__
+                fields["error_message"] = str(exc)[:500]
+                fields["backtrace"] = "".join(traceback.format_exception(*record.exc_info))[-4000:]
+            log.emit(level, "python_warning" if record.name == "py.warnings" else "python_log", fields)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _excepthook(etype: type[BaseException], exc: BaseException, tb: Any) -> None:
+    log.error("crash", error_class=etype.__name__, error_message=str(exc)[:500],
+              backtrace="".join(traceback.format_exception(etype, exc, tb))[-4000:])
+    log.flush()
+
+
 def configure(level: str, fmt: str, stream: IO[bytes] | None = None) -> EventLog:
-    """Reconfigure the process-wide logger in place (modules hold a reference to it)."""
+    """Reconfigure the process-wide logger in place (modules hold a reference to it), and route
+    Python's own logging, warnings and uncaught exceptions through it."""
     new = EventLog(level, fmt, stream)
     for name in EventLog.__slots__:
         setattr(log, name, getattr(new, name))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _Bridge):
+            root.removeHandler(h)
+    root.addHandler(_Bridge())
+    root.setLevel(logging.DEBUG if log.level <= 10 else logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _excepthook
     return log
