@@ -8,7 +8,8 @@ Duties:
 2. Each poll, for ``retry`` then ``schedule``: read up to BATCH due members with
    ``ZRANGE key -inf now BYSCORE LIMIT 0 BATCH`` (O(log N + due): a million future entries cost
    one cheap read), give each a fresh ``enqueued_at`` in the job's own format, and move the batch
-   in one MOVE_DUE call. Repeat while a batch comes back full.
+   in one MOVE_DUE call. Repeat while a batch comes back full (and leave a set to another
+   process that took a whole batch first: it goes on until nothing is due).
 3. MOVE_DUE pushes a member only if it is still due and its own ZREM removed it, so any number of
    processes can run this at once and each job is moved exactly once. Removal and push are one
    atomic script: unlike Sidekiq's ZREM-then-Client.push, a crash in between cannot lose a job.
@@ -184,9 +185,13 @@ class Scheduler:
             while not self._done:
                 now = self.clock.now()
                 due = await self.redis.zrange(key, "-inf", repr(now), byscore=True, offset=0, num=self.batch)
-                if due:
-                    moved += await self._enqueue(key, name, due, now)
+                n = await self._enqueue(key, name, due, now) if due else 0
+                moved += n
                 if len(due) < self.batch:
+                    break
+                if n == 0:
+                    # another process took the whole batch first: it goes on until nothing is
+                    # due, so racing it would only parse the same members twice
                     break
             counts[name] = moved
         return counts
