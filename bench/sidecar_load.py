@@ -4,6 +4,7 @@
     python bench/sidecar_load.py --threads 10 --connections 10 --duration 10 --rails-env production
     python bench/sidecar_load.py --url http://127.0.0.1:3001 --pid 1234   # an already running sidecar
     python bench/sidecar_load.py --client wrk     # wrk (apt-get install wrk) instead of aiohttp
+    python bench/sidecar_load.py --client wrk --batch 8   # POST /perform_batch, 8 jobs per request
 
 Each connection is one keep-alive connection POSTing /perform with a NoopWorker payload shaped
 like Sidekiq 6.4.1's (unique jid per request, Idempotency-Key header), back to back, like the
@@ -104,13 +105,22 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local counter = 0
+local batch = %(batch)d
 request = function()
-  counter = counter + 1
-  local jid = string.format("%024d", counter)
-  wrk.headers["Idempotency-Key"] = jid
-  return wrk.format(nil, nil, nil,
-    '{"retry":true,"queue":"default","args":[],"class":"NoopWorker","jid":"' .. jid ..
-    '","created_at":1700000000.123456,"enqueued_at":1700000000.124}')
+  local lines, keys = {}, {}
+  for i = 1, batch do
+    counter = counter + 1
+    local jid = string.format("%%024d", counter)
+    keys[i] = jid
+    lines[i] = '{"retry":true,"queue":"default","args":[],"class":"NoopWorker","jid":"' .. jid ..
+      '","created_at":1700000000.123456,"enqueued_at":1700000000.124}'
+  end
+  if batch == 1 then
+    wrk.headers["Idempotency-Key"] = keys[1]
+  else
+    wrk.headers["Idempotency-Keys"] = table.concat(keys, ",")
+  end
+  return wrk.format(nil, nil, nil, table.concat(lines, "\\n"))
 end
 """
 
@@ -120,11 +130,12 @@ def _wrk_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, pid: int, connections: int, duration: float, warmup: float, wrk_threads: int) -> dict:
+def run_wrk(url: str, pid: int, connections: int, duration: float, warmup: float, wrk_threads: int,
+            batch: int = 1) -> dict:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT)
+        f.write(WRK_SCRIPT % {"batch": batch})
     base = ["wrk", "-t", str(min(wrk_threads, connections)), "-c", str(connections), "-s", f.name, "--latency"]
     try:
         if warmup > 0:
@@ -137,11 +148,13 @@ def run_wrk(url: str, pid: int, connections: int, duration: float, warmup: float
     n = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     elapsed = t1 - t0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {
         "requests": n, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "seconds": round(elapsed, 2),
-        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))),
+        "requests_per_s": round(rps), "jobs_per_s": round(rps * batch),
         "sidecar_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
         "sidecar_cpu_us_per_request": round(1e6 * (cpu1 - cpu0) / max(n, 1), 1),
+        "sidecar_cpu_us_per_job": round(1e6 * (cpu1 - cpu0) / max(n * batch, 1), 1),
         "p50_ms": _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1)),
         "p99_ms": _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1)),
     }
@@ -161,7 +174,10 @@ def main() -> None:
     ap.add_argument("--job-log", action="store_true", help="FASTWORKER_SIDECAR_JOB_LOG=1 (Sidekiq's start/done lines)")
     ap.add_argument("--client", choices=("aiohttp", "wrk"), default="aiohttp")
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk -t (default 1: leaves the other core to Ruby)")
+    ap.add_argument("--batch", type=int, default=1, help="jobs per request; > 1 uses POST /perform_batch (wrk client)")
     args = ap.parse_args()
+    if args.batch > 1 and args.client != "wrk":
+        ap.error("--batch needs --client wrk")
     connections = args.connections or args.threads * args.workers
 
     sidecar = None
@@ -177,14 +193,15 @@ def main() -> None:
         url, pid = sidecar.url, sidecar.proc.pid
     try:
         if args.client == "wrk":
-            result = run_wrk(url + "/perform", pid, connections, args.duration, args.warmup, args.wrk_threads)
+            path = "/perform_batch" if args.batch > 1 else "/perform"
+            result = run_wrk(url + path, pid, connections, args.duration, args.warmup, args.wrk_threads, args.batch)
         else:
             result = asyncio.run(run_load(url + "/perform", pid, connections, args.duration, args.warmup))
     finally:
         if sidecar is not None:
             sidecar.stop()
     result.update({"threads": args.threads, "workers": args.workers, "connections": connections,
-                   "rails_env": args.rails_env, "job_log": args.job_log, "client": args.client})
+                   "rails_env": args.rails_env, "job_log": args.job_log, "client": args.client, "batch": args.batch})
     print(json.dumps(result))
 
 

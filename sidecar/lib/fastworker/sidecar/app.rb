@@ -5,7 +5,8 @@ module Fastworker
     # App: the Rack application speaking the sidecar protocol (design.md, version 1).
     #
     # Duties:
-    # 1. Route: POST /perform, POST /exhausted, GET /health, GET /metrics; 404/405 otherwise.
+    # 1. Route: POST /perform, POST /perform_batch, POST /exhausted, GET /health, GET /metrics;
+    #    404/405 otherwise.
     # 2. /perform: parse (400 when the body is not a job), hand over to the Executor, which
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
@@ -16,6 +17,7 @@ module Fastworker
     # The app is served outside the Rails middleware stack, so the reloader wraps each job once.
     class App
       TEXT_HEADERS = {"content-type" => "text/plain; version=0.0.4; charset=utf-8"}.freeze
+      BATCH_LIMIT = 100
 
       attr_reader :drain, :metrics
 
@@ -29,6 +31,7 @@ module Fastworker
       def call(env)
         case env["PATH_INFO"]
         when "/perform" then protocol(env, "perform") { perform(env) }
+        when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
         when "/health" then get_only(env) { health.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
@@ -38,7 +41,7 @@ module Fastworker
 
       private
 
-      def protocol(env, endpoint)
+      def protocol(env, endpoint, observe: true)
         return Result.json(405, "method_not_allowed", {"error" => "use POST"}).to_rack unless env["REQUEST_METHOD"] == "POST"
 
         started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
@@ -50,7 +53,7 @@ module Fastworker
           Compat.logger.error("fastworker-sidecar: internal error on /#{endpoint}: #{e.class}: #{e.message}")
           Result.json(500, "error", {"status" => "error", "error" => "#{e.class}: #{e.message}"[0, 1000]})
         end
-        @metrics.observe(endpoint, result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
+        @metrics.observe(endpoint, result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) if observe || result.status != 200
         result.to_rack
       end
 
@@ -66,6 +69,38 @@ module Fastworker
         @executor.call(job, raw, idempotency_key: env["HTTP_IDEMPOTENCY_KEY"])
       end
 
+      # Several jobs in one request (an extension the worker uses for sub-millisecond job
+      # classes, offered through /health "batch": true): the raw jobs one per line, their
+      # Idempotency-Keys comma-separated in the same order. Each job runs exactly as a
+      # /perform would (its own admission, logging context, reloader, middleware), one after
+      # the other on this thread; the answer is one result object per job, in order:
+      # {"status":"done"|"failed"|"bad_request"|"unavailable"|"shutdown", ...the /perform body}.
+      # A job not attempted (draining meanwhile) comes back "unavailable" with its reason.
+      def perform_batch(env)
+        return Result.unavailable(@drain.state) unless @drain.ready?
+
+        lines = read_body(env).split("\n").map(&:chomp)
+        raise Payload::Invalid, "empty batch" if lines.empty?
+        raise Payload::Invalid, "more than #{BATCH_LIMIT} jobs in one batch" if lines.size > BATCH_LIMIT
+
+        keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
+        items = lines.each_with_index.map { |raw, i| batch_item(raw, keys[i]) }
+        Result.json(200, "done", items)
+      end
+
+      def batch_item(raw, key)
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        result = begin
+          @executor.call(Payload.parse_job(raw), raw, idempotency_key: key)
+        rescue Payload::Invalid => e
+          Result.bad_request(e.message)
+        end
+        @metrics.observe("perform_batch", result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
+        item = result.body.merge("status" => result.body["status"] || result.outcome)
+        item["reason"] = item["error"] if result.outcome == "unavailable"
+        item
+      end
+
       def exhausted(env)
         return Result.unavailable(:booting) if @drain.state == :booting
 
@@ -76,7 +111,7 @@ module Fastworker
       def health
         body = {"status" => @drain.ready? ? "ok" : @drain.state.to_s, "sidekiq" => ::Sidekiq::VERSION,
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
-                "capacity" => @drain.capacity, "pid" => Process.pid}
+                "capacity" => @drain.capacity, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
       end
 

@@ -1,0 +1,70 @@
+# frozen_string_literal: true
+
+require_relative "helper"
+
+# POST /perform_batch: several jobs per request, each with its own outcome, in order.
+class BatchTest < Minitest::Test
+  include SidecarTestHelpers
+
+  def batch(payloads, keys = nil)
+    raws = payloads.map { |p| p.is_a?(String) ? p : JSON.generate(p) }
+    env = {method: "POST", input: raws.join("\n"), "CONTENT_TYPE" => "application/x-ndjson"}
+    env["HTTP_IDEMPOTENCY_KEYS"] = keys.join(",") if keys
+    response = Rack::MockRequest.new(@app).request("POST", "/perform_batch", env)
+    [response.status, parse(response.body)]
+  end
+
+  def test_each_job_keeps_its_own_outcome_in_order
+    ok = job("ContextJob", [1])
+    failing = job("FailingJob", ["boom"], "backtrace" => 1)
+    unknown = job("NoSuchJob")
+    status, items = batch([ok, failing, "{not json", unknown], [ok["jid"], failing["jid"], "x", unknown["jid"]])
+    assert_equal 200, status
+    assert_equal %w[done failed bad_request failed], items.map { |i| i["status"] }
+    assert_equal ok["jid"], items[0]["jid"]
+    assert_kind_of Numeric, items[0]["runtime_ms"]
+    assert_equal ["RuntimeError", "boom", nil, true], items[1].values_at("error_class", "error_message", "retry_in", "retry")
+    assert_equal 1, items[1]["backtrace"].size
+    assert_match(/invalid JSON/, items[2]["error"])
+    assert_equal ["NameError", "global"], items[3].values_at("error_class", "stage")
+    assert_equal ok["jid"], Recorder[:context].first["idempotency_key"]
+    assert_equal 1, @app.metrics.count("perform_batch", "done")
+    assert_equal 2, @app.metrics.count("perform_batch", "failed")
+    assert_equal 0, @drain.in_flight
+  end
+
+  def test_each_job_is_its_own_unit_of_work
+    batch([job("ContextJob", ["a"]), job("ContextJob", ["b"])])
+    first, second = Recorder[:context]
+    assert first["executor_active"]
+    assert_nil second["current_before"], "CurrentAttributes reset between jobs of one batch"
+    refute_equal first["sidekiq_context"][:jid], second["sidekiq_context"][:jid]
+  end
+
+  def test_health_advertises_batches
+    _, body = get("/health")
+    assert_equal true, body["batch"]
+    assert_equal Fastworker::Sidecar::App::BATCH_LIMIT, body["batch_max"]
+  end
+
+  def test_not_ready_limits_and_draining_mid_batch
+    assert_equal 400, batch([]).first
+    assert_equal 400, batch(Array.new(Fastworker::Sidecar::App::BATCH_LIMIT + 1) { job("ContextJob") }).first
+    @drain.begin_drain!
+    status, body = batch([job("ContextJob")])
+    assert_equal [503, "draining"], [status, body["error"]]
+  end
+
+  def test_jobs_after_a_drain_began_are_not_attempted
+    drainer = Class.new do
+      def initialize(drain) = @drain = drain
+      def call(*) = @drain.begin_drain!
+    end
+    Sidekiq.server_middleware { |chain| chain.add(drainer, @drain) }
+    _, items = batch([job("ContextJob"), job("ContextJob")])
+    assert_equal %w[done unavailable], items.map { |i| i["status"] }
+    assert_equal "draining", items[1]["reason"]
+  ensure
+    Sidekiq.server_middleware { |chain| chain.remove(drainer) }
+  end
+end
