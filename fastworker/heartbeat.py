@@ -1,0 +1,216 @@
+"""The Sidekiq process record and its heartbeat (sidekiq-compat.md §2.2-2.4; Sidekiq launcher.rb).
+
+What Sidekiq::ProcessSet, Workers, Stats and the Web UI's Busy page read, written the way Sidekiq
+writes it, so a fastworker process shows up (and obeys Quiet/Stop) like any Sidekiq process:
+
+* one beat = a timed PING (``rtt_us``), then ONE MULTI:
+  ``UNLINK <id>:work <id>:workers``; ``HSET`` each busy job into both (6.5+ reads ``:work``, 6.4.1
+  ``:workers``; value ``{"queue","payload": <the raw job string>,"run_at": <int epoch s>}``) and
+  ``EXPIRE`` them; ``SADD processes <id>`` (in the same MULTI as ``info``, or a concurrent
+  ProcessSet cleanup could prune us); ``EXISTS <id>``; ``HSET <id> info busy beat quiet rss rtt_us
+  concurrency``; ``EXPIRE <id> <ttl>``; ``RPOP <id>-signals``.
+* a popped signal (the Web UI's / API's ``quiet!``, ``stop!``, ``dump_threads``) goes to
+  ``launcher.handle_signal_name``: TSTP quiets, TERM stops, TTIN logs every in-flight job.
+* a beat at start, then every ``heartbeat_interval`` (5 s, Sidekiq 6's BEAT_PAUSE), and at once when
+  the process turns quiet or starts stopping, so the UI shows it without waiting.
+* a failed beat is a Redis error like any other (``health.failed``); the loop carries on.
+* on stop: ``SREM processes`` and ``UNLINK`` both busy hashes (the record itself expires, as in
+  Sidekiq's ``clear_heartbeat``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .broker import REDIS_ERRORS
+from .log import log
+
+CLEAR_TIMEOUT = 3.0  # seconds the final SREM/UNLINK may take before shutdown goes on without it
+
+
+def rss_kb() -> int:
+    """Resident set size in KB (VmRSS), as Sidekiq reports it; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def queue_mode(weights: dict[str, int]) -> str:
+    """Sidekiq 8's capsule mode: strict (no weights), random (all 1) or weighted."""
+    if all(w == 0 for w in weights.values()):
+        return "strict"
+    if all(w == 1 for w in weights.values()):
+        return "random"
+    return "weighted"
+
+
+def process_info(launcher: Any) -> dict[str, Any]:
+    """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table)."""
+    c = launcher.config
+    weights: dict[str, int] = {}
+    for name, weight in c.queues:
+        weights[name] = weight  # a repeated name keeps its last weight, as Sidekiq's Hash does
+    return {
+        "hostname": os.environ.get("DYNO") or socket.gethostname(),
+        "started_at": float(launcher.started_at),
+        "pid": os.getpid(),
+        "tag": c.tag or "",
+        "concurrency": c.concurrency,
+        "queues": list(launcher.queue_names),
+        "weights": [weights],
+        "capsules": {"default": {"concurrency": c.concurrency, "mode": queue_mode(weights), "weights": weights}},
+        "labels": list(c.labels),
+        "identity": launcher.identity,
+        # shown by the 7.x/8.x Busy page when it differs from the UI's own Sidekiq version
+        "version": f"fastworker {__version__}",
+        "embedded": False,
+    }
+
+
+class Heartbeat:
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+        c = launcher.config
+        self.interval = c.heartbeat_interval
+        self.ttl = c.process_ttl
+        k = launcher.keys
+        ident = launcher.identity
+        self.key = k.process(ident)
+        self.work_key = k.work(ident)
+        self.workers_key = k.workers(ident)
+        self.signals_key = k.signals(ident)
+        self.processes_key = k.processes
+        self.info_json = orjson.dumps(process_info(launcher))
+        self.beats = 0
+        self.last_beat: float | None = None
+        self._known: bool | None = None  # did our record exist at the last beat?
+        self._had_busy = True  # unknown at start: clear the busy hashes on the first beat
+        self._busy_cache: dict[str, tuple[Any, bytes]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- component contract ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.beat()  # listed in ProcessSet before the first job is fetched
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def quiet(self) -> None:
+        self._wake.set()
+
+    def stopping(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        try:
+            await asyncio.wait_for(self._clear(), CLEAR_TIMEOUT)
+        except (asyncio.TimeoutError, *REDIS_ERRORS) as exc:
+            # best effort, as in Sidekiq: the record expires within the TTL anyway
+            log.warn("heartbeat_clear_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
+
+    async def _clear(self) -> None:
+        async with self.launcher.redis.pipeline(transaction=True) as p:
+            p.srem(self.processes_key, self.launcher.identity)
+            p.unlink(self.work_key, self.workers_key)
+            await p.execute()
+        log.info("heartbeat_cleared", identity=self.launcher.identity)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            await self.beat()
+
+    def _busy_payloads(self, works: list[Any]) -> dict[str, bytes]:
+        """tid -> the busy-hash JSON; each job's JSON is built once and reused on later beats."""
+        old = self._busy_cache
+        new: dict[str, tuple[Any, bytes]] = {}
+        out: dict[str, bytes] = {}
+        for w in works:
+            hit = old.get(w.tid)
+            if hit is not None and hit[0] is w:
+                js = hit[1]
+            else:
+                js = orjson.dumps({"queue": w.queue, "payload": w.env.raw.decode("utf-8", "replace"),
+                                   "run_at": int(w.run_at)})
+            new[w.tid] = (w, js)
+            out[w.tid] = js
+        self._busy_cache = new
+        return out
+
+    async def beat(self) -> bool:
+        """One heartbeat; False (logged, counted as a Redis error) when Redis did not take it."""
+        L = self.launcher
+        works = list(L.manager.busy.values())
+        busy = self._busy_payloads(works)
+        quiet = L.quiet or L.stopping
+        try:
+            t0 = time.perf_counter()
+            await L.redis.ping()
+            rtt_us = max(1, int((time.perf_counter() - t0) * 1_000_000))
+            now = time.time()
+            async with L.redis.pipeline(transaction=True) as p:
+                if busy or self._had_busy:  # nothing busy now or last beat: the hashes are gone already
+                    p.unlink(self.work_key, self.workers_key)
+                if busy:
+                    p.hset(self.work_key, mapping=busy)
+                    p.hset(self.workers_key, mapping=busy)
+                    p.expire(self.work_key, self.ttl)
+                    p.expire(self.workers_key, self.ttl)
+                p.sadd(self.processes_key, L.identity)
+                p.exists(self.key)
+                p.hset(self.key, mapping={
+                    "info": self.info_json,
+                    "busy": len(busy),
+                    "beat": repr(now),
+                    "quiet": "true" if quiet else "false",
+                    "rss": rss_kb(),
+                    "rtt_us": rtt_us,
+                    "concurrency": L.config.concurrency,
+                })
+                p.expire(self.key, self.ttl)
+                p.rpop(self.signals_key)
+                res = await p.execute()
+        except REDIS_ERRORS as exc:
+            L.health.failed("heartbeat", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - e.g. a Redis error reply; the loop must survive
+            log.error("heartbeat_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
+            return False
+        L.health.succeeded()
+        self._had_busy = bool(busy)
+        self.beats += 1
+        self.last_beat = now
+        existed = bool(res[-4])
+        if not existed:
+            # first beat, or the record expired during an outage and is back now
+            log.info("heartbeat_registered" if self._known is None else "heartbeat_restored",
+                     identity=L.identity, busy=len(busy), rtt_us=rtt_us)
+        self._known = True
+        sig = res[-1]
+        if sig is not None:
+            name = sig.decode("utf-8", "replace") if isinstance(sig, bytes) else str(sig)
+            log.info("remote_signal", signal=name, identity=L.identity)
+            L.handle_signal_name(name)
+        return True
