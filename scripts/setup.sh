@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg ruby-rack-test redis-server redis-sentinel"
+APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg redis-server redis-sentinel wrk"
 # note: Debian's `rails` metapackage pulls node tooling that does not install here; ruby-rails is Rails itself
 missing=""
 for p in $APT_PKGS; do
