@@ -154,7 +154,9 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
             exhausted = window_over if policy.sidekiq_version == "8" else (exhausted or window_over)
     # exhausted comes first: Sidekiq does not consult sidekiq_retry_in (so no :discard) then
     if exhausted:
-        return Dead(job, run_exhausted_block=True, to_dead_set=env.dead)
+        # an error before the job instance existed (Sidekiq's "global" stage: unknown class, the
+        # reloader) has no class whose sidekiq_retries_exhausted could run
+        return Dead(job, run_exhausted_block=failure.body.get("stage") != "global", to_dead_set=env.dead)
 
     retry_in = failure.retry_in
     if retry_in == "discard":
