@@ -24,6 +24,8 @@ import asyncio
 import os
 import socket
 import time
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -33,6 +35,7 @@ from .broker import REDIS_ERRORS
 from .log import log
 
 CLEAR_TIMEOUT = 3.0  # seconds the final SREM/UNLINK may take before shutdown goes on without it
+RTT_WARNING_US = 50_000  # Sidekiq's RTT_WARNING_LEVEL: warn when five beats in a row are slower
 
 
 def rss_kb() -> int:
@@ -98,8 +101,13 @@ class Heartbeat:
         self._known: bool | None = None  # did our record exist at the last beat?
         self._had_busy = True  # unknown at start: clear the busy hashes on the first beat
         self._busy_cache: dict[str, tuple[Any, bytes]] = {}
+        self.last_rtt_us = 0
+        self._rtts: deque[int] = deque(maxlen=5)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        metrics = getattr(launcher, "metrics", None)
+        if metrics is not None:
+            metrics.add_collector(self._metrics)
 
     # -- component contract ----------------------------------------------------------------------
 
@@ -202,6 +210,11 @@ class Heartbeat:
         self._had_busy = bool(busy)
         self.beats += 1
         self.last_beat = now
+        self.last_rtt_us = rtt_us
+        self._rtts.append(rtt_us)
+        if len(self._rtts) == self._rtts.maxlen and min(self._rtts) > RTT_WARNING_US:
+            log.warn("redis_rtt_high", rtt_us=list(self._rtts), threshold_us=RTT_WARNING_US)
+            self._rtts.clear()
         existed = bool(res[-4])
         if not existed:
             # first beat, or the record expired during an outage and is back now
@@ -214,3 +227,12 @@ class Heartbeat:
             log.info("remote_signal", signal=name, identity=L.identity)
             L.handle_signal_name(name)
         return True
+
+    def _metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        yield CounterMetricFamily("fastworker_heartbeats", "Heartbeats written to Redis.", value=self.beats)
+        if self.last_beat is not None:
+            yield GaugeMetricFamily("fastworker_heartbeat_timestamp_seconds", "When the last heartbeat landed "
+                                    "(epoch s).", value=self.last_beat)
+            yield GaugeMetricFamily("fastworker_redis_rtt_seconds", "Redis PING round trip at the last heartbeat.",
+                                    value=self.last_rtt_us / 1e6)

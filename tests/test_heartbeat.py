@@ -202,3 +202,18 @@ def test_clean_shutdown_removes_the_process_and_busy_hashes(redis_url, r, stub, 
     assert w.wait(10) == 0
     assert not r.sismember("processes", ident)
     assert not r.exists(f"{ident}:work") and not r.exists(f"{ident}:workers")
+
+
+def test_a_namespace_prefixes_every_key_but_not_the_identity_in_processes(redis_url, r, stub, worker):
+    w = worker("-c", "1", "--heartbeat-interval", "1", "--namespace", "legacy")
+    ident = identity_of(w)
+    r.sadd("legacy:queues", "default")
+    r.lpush("legacy:queue:default", json.dumps({"class": "SlowJob", "args": [3], "jid": "ab" * 12,
+                                                "queue": "default", "enqueued_at": time.time()}))
+    wait_until(lambda: r.exists(f"legacy:{ident}:work"), 10, 0.1, "the busy hash under the namespace")
+    assert r.smembers("legacy:processes") == {ident.encode()}  # values are never prefixed
+    assert json.loads(r.hget(f"legacy:{ident}", "info"))["identity"] == ident
+    assert r.exists(f"legacy:{ident}:workers")
+    assert not r.exists("processes") and not r.exists(ident)
+    r.lpush(f"legacy:{ident}-signals", "TSTP")
+    wait_until(lambda: r.hget(f"legacy:{ident}", "quiet") == b"true", 5, 0.1, "quiet through the namespaced list")

@@ -169,6 +169,8 @@ def test_metrics_after_a_known_workload(redis_url, r, stub, worker):
     ident = w.events("startup")[0]["identity"]
     assert val(m, "fastworker_info", identity=ident, version=__import__("fastworker").__version__) == 1
     assert val(m, "process_resident_memory_bytes") > 1e6
+    assert val(m, "fastworker_heartbeats_total") >= 1 and val(m, "fastworker_redis_rtt_seconds") > 0
+    assert abs(val(m, "fastworker_heartbeat_timestamp_seconds") - time.time()) < 10
 
 
 def test_busy_and_saturation_while_jobs_run(redis_url, r, stub, worker):
