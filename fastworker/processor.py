@@ -171,7 +171,7 @@ class Processor:
                      error_class=failure.error_class)
             return
         if isinstance(decision, retry.Discard):
-            self.broker.drop(work.queue, env.raw)
+            await self.broker.drop(work.queue, env.raw)
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
             return
         # exhausted (or retry: false): Ruby runs the hooks, then the morgue
@@ -192,7 +192,7 @@ class Processor:
             if self.metrics is not None:
                 self.metrics.dead()
         else:
-            self.broker.drop(work.queue, env.raw)
+            await self.broker.drop(work.queue, env.raw)
             log.info("job_dropped", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
                      reason="retry disabled" if not decision.run_exhausted_block else
                      ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
