@@ -7,6 +7,23 @@ open      -> no new jobs are fetched (they stay in Redis) until ``cooldown`` has
 half_open -> the launcher probes GET /health; when it answers, ``probe_jobs`` real jobs are let
              through one at a time; that many successes close the circuit, one failure re-opens it.
 Job failures (the job raised, 422) are successes here: the sidecar did its work.
+
+Retry-After: a 503 or 429 that carries it opens the circuit at once, for exactly that long (the
+sidecar said when to come back; the cooldown applies when it did not say).
+
+A hung sidecar (SIGSTOPped, deadlocked, a lost host) refuses nothing: requests just never come
+back, so no failure is ever counted. The launcher's watchdog (launcher._breaker_probe) decides it
+is hung when ALL of these hold, and never on the age of a request alone, so a legitimately slow
+job is never cut short:
+  * a /perform has been outstanding longer than ``hang_after`` (2 x --sidecar-connect-timeout,
+    10 s by default),
+  * no /perform answer of any kind arrived during that time either,
+  * and a concurrent GET /health gets no answer at all within --sidecar-connect-timeout (an answer
+    of any status, 503 while draining included, means the sidecar is alive; the real sidecar
+    keeps spare Puma threads so /health answers even when every job slot is busy).
+Then the outstanding requests are abandoned: their jobs go back to the head of their queues with no
+retry spent (the sidecar may still run them once it wakes: at-least-once, hence Idempotency-Key),
+and ``trip()`` opens the circuit; the usual half-open probe brings it back.
 """
 
 from __future__ import annotations
@@ -103,8 +120,13 @@ class Breaker:
         elif retry_after is not None:
             self.reopen_after = max(self.reopen_after, self.mono() + retry_after)
 
+    def trip(self, reason: str) -> None:
+        """Open now, whatever the counts say (the watchdog found the sidecar hung)."""
+        if self.state != OPEN:
+            self._open(reason, None)
+
     def _open(self, reason: str, retry_after: float | None) -> None:
         self.opened_at = self.mono()
-        self.reopen_after = self.opened_at + max(self.cooldown, retry_after or 0.0)
+        self.reopen_after = self.opened_at + (self.cooldown if retry_after is None else retry_after)
         self._set(OPEN, reason=reason, consecutive_failures=self.consecutive,
                   cooldown_s=round(self.reopen_after - self.opened_at, 3))
