@@ -12,6 +12,7 @@ Duties:
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,10 @@ class SidecarClient:
         self.job_timeout = job_timeout
         self.session: aiohttp.ClientSession | None = None
         self.batch_max = 1  # raised when GET /health says the sidecar accepts /perform_batch
+        # for the hang watchdog (breaker.py): the task of each /perform(_batch) awaiting its answer,
+        # with when it was sent, and when the last answer of any kind arrived (monotonic)
+        self.outstanding: dict[asyncio.Task[Any] | None, float] = {}
+        self.last_answer = time.monotonic()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.concurrency + 4, limit_per_host=0,
@@ -110,10 +115,13 @@ class SidecarClient:
         """Done or Failed (the job raised) or BadJob (400); raises SidecarUnavailable."""
         assert self.session is not None
         headers = {"Content-Type": _JSON, "Idempotency-Key": jid}
+        task = asyncio.current_task()
+        self.outstanding[task] = time.monotonic()
         try:
             async with self.session.post(self.perform_url, data=raw, headers=headers) as resp:
                 status = resp.status
                 body = await resp.read()
+                self.last_answer = time.monotonic()
                 if status == 200:
                     return _done(body)
                 if status == 422:
@@ -124,6 +132,8 @@ class SidecarClient:
                                          _retry_after(resp))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.outstanding.pop(task, None)
 
     async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
@@ -131,17 +141,22 @@ class SidecarClient:
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
         assert self.session is not None
+        task = asyncio.current_task()
+        self.outstanding[task] = time.monotonic()
         try:
             async with self.session.post(self.base_url + "/perform_batch", data=b"\n".join(raws),
                                          headers={"Content-Type": "application/x-ndjson",
                                                   "Idempotency-Keys": ",".join(jids)}) as resp:
                 status = resp.status
                 body = await resp.read()
+                self.last_answer = time.monotonic()
                 if status != 200:
                     raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status,
                                              _retry_after(resp))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.outstanding.pop(task, None)
         try:
             items = orjson.loads(body)
             if not isinstance(items, list) or len(items) != len(raws):
@@ -182,6 +197,25 @@ class SidecarClient:
         except (orjson.JSONDecodeError, AttributeError):
             return None
         return result if result == "discard" else None
+
+    def stalled(self, after: float) -> bool:
+        """A request has waited longer than ``after`` seconds and nothing at all came back meanwhile."""
+        if not self.outstanding:
+            return False
+        now = time.monotonic()
+        return now - min(self.outstanding.values()) > after and now - self.last_answer > after
+
+    async def responsive(self, timeout: float) -> bool:
+        """Does GET /health get an answer, of any status (503 while draining counts), in time?"""
+        if self.session is None:
+            return False
+        try:
+            async with self.session.get(self.base_url + "/health",
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                await resp.read()
+                return True
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
 
     async def health(self, timeout: float = 2.0) -> bool:
         """GET /health; also learns whether the sidecar accepts /perform_batch."""
