@@ -218,10 +218,15 @@ class Launcher:
         log.flush()
 
     async def _wait_task(self, task: asyncio.Task[Any]) -> None:
-        remaining = max(0.1, (self._deadline or 0) - self.clock.mono())
-        done, _ = await asyncio.wait([task], timeout=remaining)
-        if not done:
-            task.cancel()
+        # in slices, so that a second TERM (which moves the deadline to now) ends the wait at once;
+        # the fetch loop may sit waiting for a free token until a job finishes
+        while not task.done():
+            remaining = (self._deadline or 0) - self.clock.mono()
+            if remaining <= 0:
+                break
+            await asyncio.wait([task], timeout=min(remaining, 0.25))
+        if not task.done():
+            task.cancel()  # whatever it held is still in our in-progress lists: returned below
             await asyncio.wait([task], timeout=1.0)
 
     async def _flush_logs(self) -> None:
@@ -230,7 +235,11 @@ class Launcher:
             log.flush()
 
     async def _breaker_probe(self) -> None:
-        """While the circuit is open, probe GET /health after the cooldown; half-open on success."""
+        """While the circuit is open, probe GET /health after the cooldown; half-open on success.
+        Otherwise watch for a hung sidecar (the policy is in breaker.py's docstring)."""
+        connect_timeout = self.config.sidecar_connect_timeout
+        hang_after = 2 * connect_timeout
+        next_hang_probe = 0.0
         while True:
             await asyncio.sleep(0.2)
             b = self.breaker
@@ -240,6 +249,32 @@ class Launcher:
                     self.fetcher.wake()
                 else:
                     b.probe_failed("health check failed")
+            elif (b.state != "open" and self.sidecar.stalled(hang_after)
+                  and self.clock.mono() >= next_hang_probe):
+                next_hang_probe = self.clock.mono() + hang_after
+                if not await self.sidecar.responsive(connect_timeout):
+                    await self._sidecar_hung(hang_after)
+
+    async def _sidecar_hung(self, hang_after: float) -> None:
+        """Abandon every /perform still waiting: requeue its job for free, then cancel the request."""
+        waiting = self.sidecar.outstanding
+        works = [w for w in list(self.manager.busy.values()) if w.task in waiting and not w.abandoned]
+        self.breaker.trip(f"sidecar hung: no answer for {hang_after:g} s, GET /health unanswered")
+        if not works:
+            return
+        for w in works:
+            w.abandoned = True
+        # the oldest job ends next in line; a requeue wins over a lost job, a duplicate is possible
+        await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
+        log.error("sidecar_hung", requeued=len(works), jids=[w.env.jid for w in works][:50])
+        if self.metrics is not None and hasattr(self.metrics, "requeued"):
+            for _ in works:
+                self.metrics.requeued("sidecar_hung")
+        tasks = list({id(w.task): w.task for w in works if w.task is not None}.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=3.0)
 
     @property
     def ready(self) -> tuple[bool, str]:
