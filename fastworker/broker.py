@@ -209,11 +209,13 @@ class Broker:
             if not (processed or failed):
                 await self._ack_script(keys=keys, args=args)
                 return
-            p = self.redis.pipeline(transaction=False)
-            if acks:
-                await self._ack_script(keys=keys, args=args, client=p)
-            self._stats_into(p, processed, failed)
-            await p.execute()
+            # ``async with``: redis-py loads scripts outside execute()'s cleanup, so on a connection
+            # error only the context manager gives the pool its connection back
+            async with self.redis.pipeline(transaction=False) as p:
+                if acks:
+                    await self._ack_script(keys=keys, args=args, client=p)
+                self._stats_into(p, processed, failed)
+                await p.execute()
 
         self.acks_inflight = acks
         try:
