@@ -125,7 +125,7 @@ class _ErbExpr:
         thunk = self._atom()
         while self._accept("."):
             tok = self._peek()
-            conversions = {"to_i": _ruby_to_i, "to_f": _ruby_to_f, "to_s": _ruby_to_s}
+            conversions = {"to_i": _ruby_to_i, "to_f": _ruby_to_f, "to_s": ruby_to_s}
             if tok is None or tok[0] != "name" or tok[1] not in conversions:
                 raise _Unsupported(f"method .{tok[1] if tok else ''} is not supported")
             self.i += 1
