@@ -1,0 +1,290 @@
+"""Fault-injection helpers shared by tests/test_faults.py, tests/test_breaker.py, tests/test_sentinel.py
+and bench/chaos.py: a private redis-server that can be killed and restarted, a stub sidecar whose
+execution records survive its own death, a heartbeat stand-in, a Sidekiq-format job loader and the
+per-jid execution count every fault test ends with.
+
+Never touches the shared Redis on 6379: every server here is our own, on a free port, with its data
+directory in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import redis
+
+from tests.helpers.procs import ROOT, free_port, wait_http, wait_until
+
+HAVE_HEARTBEAT = importlib.util.find_spec("fastworker.heartbeat") is not None
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """redis-server on a free port; AOF with fsync on every write, so a restart keeps every write it
+    acknowledged (the tests count jobs exactly)."""
+
+    def __init__(self, dir: Path, port: int | None = None, extra: Iterable[str] = ()) -> None:
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, socket_timeout=5)
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+               "--save", "", "--appendonly", "yes", "--appendfsync", "always", *self.extra]
+        self._log = open(self.dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        r = self.client()
+        try:
+            wait_until(lambda: _ping(r), 15, 0.02, f"redis-server on {self.port}")
+        finally:
+            r.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self._log.close()
+
+    def restart(self, down_for: float = 1.0, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        time.sleep(down_for)
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _ping(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):  # LOADING is a ResponseError
+        return False
+
+
+# -- the sidecar -------------------------------------------------------------------------------
+
+_FILE_STUB = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[3])
+import orjson
+from tests.helpers import stub_sidecar as s
+
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+_orig = s.Stub.perform
+
+class _Req:
+    def __init__(self, raw, headers):
+        self._raw = raw
+        self.headers = headers
+    async def read(self):
+        return self._raw
+
+async def perform(self, request):
+    raw = await request.read()
+    if self.mode_status is None:
+        try:
+            job = orjson.loads(raw)
+            rec = {"jid": job.get("jid"), "t": time.time(), "retry_count": job.get("retry_count"),
+                   "pid": os.getpid()}
+        except Exception:
+            rec = None
+        if rec is not None:
+            os.write(fd, orjson.dumps(rec) + b"\n")  # one write per line: O_APPEND keeps lines whole
+    return await _orig(self, _Req(raw, request.headers))
+
+s.Stub.perform = perform
+sys.argv = [sys.argv[0], "--port", sys.argv[1]] + sys.argv[4:]
+s.main()
+"""
+
+
+class FileStub:
+    """The STUB sidecar, with every execution also appended to a file, so counts survive the
+    sidecar being killed and restarted (on the same port)."""
+
+    def __init__(self, records: Path, port: int | None = None, batch: bool = True) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.records = Path(records)
+        self.batch = batch
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        extra = [] if self.batch else ["--no-batch"]
+        self.proc = subprocess.Popen([sys.executable, "-c", _FILE_STUB, str(self.port), str(self.records),
+                                      str(ROOT), *extra], cwd=ROOT)
+        wait_http(self.url + "/health", proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if sig == signal.SIGTERM:
+                os.kill(self.proc.pid, signal.SIGCONT)  # in case it was stopped
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def mode(self, status: int | None, retry_after: float | None = None) -> None:
+        body = json.dumps({"status": status, "retry_after": retry_after}).encode()
+        urllib.request.urlopen(urllib.request.Request(self.url + "/_mode", data=body), timeout=5).read()
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def executions(self) -> list[dict[str, Any]]:
+        if not self.records.exists():
+            return []
+        out = []
+        for line in self.records.read_bytes().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+    def counts(self) -> Counter[str]:
+        return Counter(rec["jid"] for rec in self.executions())
+
+
+# -- heartbeat stand-in -----------------------------------------------------------------------
+
+
+class HeartbeatStandIn:
+    """Until fastworker/heartbeat.py exists, a live worker writes no ``<identity>`` key and would
+    look dead to every recoverer. This thread writes it for each live worker (identity from its
+    startup log line) with the TTL the heartbeat would use. A no-op when the real heartbeat exists."""
+
+    def __init__(self, redis_url: str, ttl: int, interval: float = 0.5) -> None:
+        self.enabled = not HAVE_HEARTBEAT
+        self.redis_url = redis_url
+        self.ttl = ttl
+        self.interval = interval
+        self.workers: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self.enabled:
+            self._thread.start()
+
+    def add(self, worker: Any) -> Any:
+        self.workers.append(worker)
+        return worker
+
+    def _run(self) -> None:
+        r = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+        while not self._stop.wait(self.interval):
+            for w in list(self.workers):
+                if w.proc.poll() is not None:
+                    continue
+                try:
+                    start = w.events("startup")
+                except (OSError, ValueError):
+                    continue
+                if not start:
+                    continue
+                try:
+                    r.hset(start[0]["identity"], "beat", time.time())
+                    r.expire(start[0]["identity"], self.ttl)
+                except redis.RedisError:
+                    pass
+        r.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(5)
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def make_job(klass: str = "HardJob", args: list[Any] | None = None, queue: str = "default",
+             jid: str | None = None) -> dict[str, Any]:
+    """A job as Sidekiq's client writes it (no retry_count: the job has never failed)."""
+    now = time.time()
+    return {"class": klass, "args": args if args is not None else [], "retry": True, "queue": queue,
+            "jid": jid or secrets.token_hex(12), "created_at": now, "enqueued_at": now}
+
+
+def push(r: redis.Redis, jobs: list[dict[str, Any]]) -> list[str]:
+    """LPUSH like Sidekiq::Client (oldest at the right end, popped first); returns the jids in order."""
+    p = r.pipeline(transaction=False)
+    for job in jobs:
+        p.sadd("queues", job["queue"])
+        p.lpush(f"queue:{job['queue']}", json.dumps(job))
+    p.execute()
+    return [job["jid"] for job in jobs]
+
+
+def readyz(worker: Any, timeout: float = 2.0) -> int | None:
+    """HTTP status of the worker's /readyz, or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.http_port}/readyz", timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def has_http_server() -> bool:
+    return importlib.util.find_spec("fastworker.http_server") is not None
+
+
+def check_counts(counts: Counter[str], jids: list[str], may_repeat: set[str] = frozenset()) -> dict[str, Any]:
+    """Every jid ran; a jid ran twice only if it is in ``may_repeat``. Returns a summary."""
+    lost = [j for j in jids if counts[j] == 0]
+    dup = {j: n for j, n in counts.items() if n > 1}
+    unexpected = {j: n for j, n in dup.items() if j not in may_repeat}
+    assert not lost, f"{len(lost)} jobs never ran: {lost[:10]}"
+    assert not unexpected, f"jobs ran more than once without a crash to explain it: {unexpected}"
+    assert set(counts) <= set(jids), f"unknown jids ran: {set(counts) - set(jids)}"
+    return {"jobs": len(jids), "executions": sum(counts.values()), "duplicated": len(dup)}
+
+
+def queue_raws(r: redis.Redis, queue: str = "default") -> list[bytes]:
+    return r.lrange(f"queue:{queue}", 0, -1)
+
+
+def inprogress_total(r: redis.Redis) -> int:
+    return sum(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
