@@ -6,7 +6,12 @@ Behaviour by the job's class:
   SlowJob       -> sleeps args[0] seconds, then 200
   KillJob       -> 422 with retry_in "kill";  DiscardJob -> 422 with retry_in "discard"
   RetryInJob    -> 422 with retry_in = args[0]
+  DeepFailJob   -> 422 RuntimeError with a 12-line backtrace ("frame 0" ... "frame 11")
+  LongMessageJob -> 422 whose message is 20,000 characters (non-ASCII, astral and U+FFFD mixed)
+  BadBytesJob   -> 422 whose body carries invalid UTF-8 bytes in the message (not what Ruby sends)
+  NoSuch*       -> 422 NameError "uninitialized constant ...", stage "global" (an unknown class)
   anything else -> 200
+A job with a "wrapped" class (ActiveJob) behaves as its wrapped class (FailJob wrapped fails).
 Admin: GET /_stats -> {"count", "peak", "in_flight", "records": [{"jid", "raw", "t", "key"}]} (records
 only with --record); POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
 {"status": null} restores it. POST /_reset clears the records. /exhausted calls are recorded too.
@@ -56,6 +61,11 @@ class Stub:
                 self.records.append({"jid": job.get("jid"), "raw": raw.decode(), "t": time.time(),
                                      "key": request.headers.get("Idempotency-Key")})
             t0 = time.perf_counter()
+            if isinstance(job.get("wrapped"), str):
+                klass = job["wrapped"]
+            failure = _other_failure(job, klass)
+            if failure is not None:
+                return web.Response(status=422, body=failure, content_type="application/json")
             if klass == "SlowJob":
                 await asyncio.sleep(float(args[0]))
             elif klass in ("FailJob", "KillJob", "DiscardJob", "RetryInJob"):
@@ -115,6 +125,30 @@ class Stub:
         self.count = 0
         self.peak = 0
         return web.Response(body=b"{}")
+
+
+LONG_MESSAGE = "é😀\ufffdx" * 5_000  # 20,000 characters
+
+
+def _other_failure(job: dict, klass: str) -> bytes | None:
+    """422 bodies for the error-shape behaviours (unknown class, long or broken messages, deep traces)."""
+    jid = job.get("jid")
+    if klass.startswith("NoSuch"):
+        return orjson.dumps({"jid": jid, "status": "failed", "error_class": "NameError",
+                             "error_message": f"uninitialized constant {klass}", "retry_in": None,
+                             "retry": job.get("retry"), "stage": "global",
+                             "backtrace": ["lib/sidekiq/processor.rb:1"]})
+    if klass == "DeepFailJob":
+        return orjson.dumps({"jid": jid, "status": "failed", "error_class": "RuntimeError", "error_message": "deep",
+                             "backtrace": [f"frame {i}" for i in range(12)], "retry_in": None, "stage": "local"})
+    if klass == "LongMessageJob":
+        return orjson.dumps({"jid": jid, "status": "failed", "error_class": "RuntimeError",
+                             "error_message": LONG_MESSAGE, "backtrace": ["a.rb:1"], "retry_in": None,
+                             "stage": "local"})
+    if klass == "BadBytesJob":
+        return (b'{"jid":' + orjson.dumps(jid) + b',"status":"failed","error_class":"RuntimeError",'
+                b'"error_message":"bad \xff\xfe bytes ' + b"y" * 20_000 + b'","retry_in":null}')
+    return None
 
 
 class _FakeRequest:
