@@ -358,3 +358,24 @@ async def wait_for(pred, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+# -- in the worker process ------------------------------------------------------------------------
+
+def test_a_quiet_worker_process_stops_scheduling(r, stub, worker):
+    import signal
+
+    from tests.helpers.procs import wait_until
+    w = worker("-c", "1", "--poll-interval", "0.1")
+    w.wait_event("startup")
+    r.zadd("schedule", {job(1): time.time() - 1})
+    wait_until(lambda: r.zcard("schedule") == 0, 5, what="the first move")
+    w.signal(signal.SIGTSTP)
+    w.wait_event("quiet")
+    time.sleep(0.3)  # a poll already under way finishes
+    r.zadd("schedule", {job(2): time.time() - 1})
+    r.zadd("retry", {job(3): time.time() - 1})
+    time.sleep(1.0)  # ten poll intervals
+    assert r.zcard("schedule") == 1 and r.zcard("retry") == 1
+    assert w.proc.poll() is None
+    assert w.stop() == 0
