@@ -14,9 +14,8 @@ import asyncio
 import json
 import signal
 import time
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -26,81 +25,9 @@ from fastworker.broker import Broker, RedisHealth
 from fastworker.config import Config
 from fastworker.keys import Keys
 from fastworker.recoverer import Recoverer
-from tests.helpers.faults import (FileStub, HeartbeatStandIn, PrivateRedis, check_counts, has_http_server,
-                                  inprogress_total, make_job, push, queue_raws, readyz)
-from tests.helpers.procs import Worker, wait_until
-
-# -------------------------------------------------------------------------------------------------
-# fixtures
-# -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def predis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    srv = PrivateRedis(tmp_path / "redis")
-    yield srv
-    srv.stop(signal.SIGKILL)
-
-
-@pytest.fixture
-def rr(predis: PrivateRedis) -> Iterator[redis.Redis]:
-    c = predis.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def fstub(tmp_path: Path) -> Iterator[FileStub]:
-    s = FileStub(tmp_path / "executions.jsonl")
-    yield s
-    s.stop(signal.SIGKILL)
-
-
-class Procs:
-    """Starts workers against the private Redis and the file stub; kills leftovers at the end."""
-
-    def __init__(self, tmp_path: Path, predis: PrivateRedis, stub: FileStub, ttl: int) -> None:
-        self.tmp_path = tmp_path
-        self.redis_url = predis.url()
-        self.stub = stub
-        self.ttl = ttl
-        self.workers: list[Worker] = []
-        self.beats = HeartbeatStandIn(self.redis_url, ttl)
-
-    def worker(self, *args: str, name: str = "w") -> Worker:
-        argv = ["--process-ttl", str(self.ttl), "--heartbeat-interval", "1", "--breaker-cooldown", "0.5",
-                "--log-level", "info", *args]
-        w = Worker(self.redis_url, self.stub.url, *argv,
-                   log_path=self.tmp_path / f"{name}-{len(self.workers)}.log")
-        self.workers.append(w)
-        self.beats.add(w)
-        return w
-
-    def close(self) -> None:
-        self.beats.close()
-        for w in self.workers:
-            w.kill()
-
-
-@pytest.fixture
-def procs(tmp_path: Path, predis: PrivateRedis, fstub: FileStub) -> Iterator[Procs]:
-    p = Procs(tmp_path, predis, fstub, ttl=3)
-    yield p
-    p.close()
-
-
-def jobs(n: int, klass: str = "SlowJob", seconds: float = 0.02, queue: str = "default") -> list[dict[str, Any]]:
-    return [make_job(klass, [seconds] if klass == "SlowJob" else [], queue) for _ in range(n)]
-
-
-def drained(rr: redis.Redis, queues: tuple[str, ...] = ("default",)) -> bool:
-    return all(rr.llen(f"queue:{q}") == 0 for q in queues) and inprogress_total(rr) == 0
-
-
-def no_retry_spent(rr: redis.Redis, stub: FileStub) -> None:
-    assert rr.zcard("retry") == 0 and rr.zcard("dead") == 0
-    assert all(rec["retry_count"] is None for rec in stub.executions())  # never failed, never counted
-
+from tests.helpers.faults import (check_counts, drained, fstub, has_http_server, inprogress_total,  # noqa: F401
+                                  jobs, make_job, no_retry_spent, predis, procs, push, queue_raws, readyz, rr)
+from tests.helpers.procs import wait_until
 
 # -------------------------------------------------------------------------------------------------
 # Part 1: the recoverer, one tick at a time

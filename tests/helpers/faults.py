@@ -22,11 +22,12 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+import pytest
 import redis
 
-from tests.helpers.procs import ROOT, free_port, wait_http, wait_until
+from tests.helpers.procs import ROOT, Worker, free_port, wait_http, wait_until
 
 HAVE_HEARTBEAT = importlib.util.find_spec("fastworker.heartbeat") is not None
 
@@ -282,9 +283,81 @@ def check_counts(counts: Counter[str], jids: list[str], may_repeat: set[str] = f
     return {"jobs": len(jids), "executions": sum(counts.values()), "duplicated": len(dup)}
 
 
+def jobs(n: int, klass: str = "SlowJob", seconds: float = 0.02, queue: str = "default") -> list[dict[str, Any]]:
+    return [make_job(klass, [seconds] if klass == "SlowJob" else [], queue) for _ in range(n)]
+
+
+def drained(rr: redis.Redis, queues: tuple[str, ...] = ("default",)) -> bool:
+    return all(rr.llen(f"queue:{q}") == 0 for q in queues) and inprogress_total(rr) == 0
+
+
+def no_retry_spent(rr: redis.Redis, stub: FileStub) -> None:
+    assert rr.zcard("retry") == 0 and rr.zcard("dead") == 0
+    assert all(rec["retry_count"] is None for rec in stub.executions())  # never failed, never counted
+
+
 def queue_raws(r: redis.Redis, queue: str = "default") -> list[bytes]:
     return r.lrange(f"queue:{queue}", 0, -1)
 
 
 def inprogress_total(r: redis.Redis) -> int:
     return sum(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
+
+
+# -- pytest fixtures (import them into a test module to use them) ------------------------------
+
+
+@pytest.fixture
+def predis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    srv = PrivateRedis(tmp_path / "redis")
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def rr(predis: PrivateRedis) -> Iterator[redis.Redis]:
+    c = predis.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def fstub(tmp_path: Path) -> Iterator[FileStub]:
+    s = FileStub(tmp_path / "executions.jsonl")
+    yield s
+    s.stop(signal.SIGKILL)
+
+
+class Procs:
+    """Starts workers against the private Redis and the file stub; kills leftovers at the end."""
+
+    def __init__(self, tmp_path: Path, predis: PrivateRedis, stub: FileStub, ttl: int) -> None:
+        self.tmp_path = tmp_path
+        self.redis_url = predis.url()
+        self.stub = stub
+        self.ttl = ttl
+        self.workers: list[Worker] = []
+        self.beats = HeartbeatStandIn(self.redis_url, ttl)
+
+    def worker(self, *args: str, name: str = "w") -> Worker:
+        argv = ["--process-ttl", str(self.ttl), "--heartbeat-interval", "1", "--breaker-cooldown", "0.5",
+                "--log-level", "info", *args]
+        w = Worker(self.redis_url, self.stub.url, *argv,
+                   log_path=self.tmp_path / f"{name}-{len(self.workers)}.log")
+        self.workers.append(w)
+        self.beats.add(w)
+        return w
+
+    def close(self) -> None:
+        self.beats.close()
+        for w in self.workers:
+            w.kill()
+
+
+@pytest.fixture
+def procs(tmp_path: Path, predis: PrivateRedis, fstub: FileStub) -> Iterator[Procs]:
+    p = Procs(tmp_path, predis, fstub, ttl=3)
+    yield p
+    p.close()
+
+
