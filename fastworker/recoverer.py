@@ -190,7 +190,10 @@ class Recoverer:
             return 0  # another recoverer claimed it, or it came back to life
         moved, dead = int(result[0]), int(result[1])
         dead_jids = [j.decode() for j in result[2:]]
-        log.warn("jobs_recovered", identity=identity, count=moved, dead=dead, queues=queues)
+        if moved or dead:
+            log.warn("jobs_recovered", identity=identity, count=moved, dead=dead, queues=queues)
+        else:
+            log.info("dead_process_cleared", identity=identity)
         for jid in dead_jids:
             log.error("job_dead", jid=jid, reason=f"poison pill: in flight during more than {self.limit} "
                                                   "process crashes", identity=identity)

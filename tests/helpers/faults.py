@@ -202,6 +202,7 @@ class HeartbeatStandIn:
         self.ttl = ttl
         self.interval = interval
         self.workers: list[Any] = []
+        self._identities: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         if self.enabled:
@@ -217,15 +218,18 @@ class HeartbeatStandIn:
             for w in list(self.workers):
                 if w.proc.poll() is not None:
                     continue
+                ident = self._identities.get(id(w))
+                if ident is None:
+                    try:
+                        start = w.events("startup")
+                    except (OSError, ValueError):
+                        continue
+                    if not start:
+                        continue
+                    ident = self._identities[id(w)] = start[0]["identity"]
                 try:
-                    start = w.events("startup")
-                except (OSError, ValueError):
-                    continue
-                if not start:
-                    continue
-                try:
-                    r.hset(start[0]["identity"], "beat", time.time())
-                    r.expire(start[0]["identity"], self.ttl)
+                    r.hset(ident, "beat", time.time())
+                    r.expire(ident, self.ttl)
                 except redis.RedisError:
                     pass
         r.close()
