@@ -176,8 +176,7 @@ class Processor:
             return
         # exhausted (or retry: false): Ruby runs the hooks, then the morgue
         try:
-            result = await self.sidecar.exhausted(decision.job, failure.error_class, failure.error_message,
-                                                  decision.run_exhausted_block)
+            result = await self.sidecar.exhausted(decision.job, failure, decision.run_exhausted_block)
         except SidecarUnavailable as exc:
             # the hooks could not run: the job goes back untouched and will fail its way here again
             self.breaker.failure(exc.reason, exc.retry_after)
@@ -198,9 +197,10 @@ class Processor:
                      ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
 
     async def kill_bad(self, queue: str, raw: bytes, reason: str) -> None:
-        """A payload that cannot run goes to the dead set as the raw string, with the reason logged."""
-        await self.broker.kill(queue, raw, raw, self.clock.now(), self.dead_max_jobs, self.dead_timeout,
-                               processed=0, failed=0)
+        """A payload that cannot run goes to the dead set (retry.dead_member_for), reason logged."""
+        now = self.clock.now()
+        await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now), now,
+                               self.dead_max_jobs, self.dead_timeout, processed=0, failed=0)
         log.error("job_dead", queue=queue, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
         if self.metrics is not None:
             self.metrics.dead()

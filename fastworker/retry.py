@@ -13,6 +13,7 @@ import base64
 import json
 import random
 import re
+import secrets
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -170,3 +171,24 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
     else:
         delay = core.retry_delay(count, jitter)
     return RetryAt(dump_job(job), now + delay, count, delay)
+
+
+def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float) -> bytes:
+    """What the dead set gets for a payload that cannot run.
+
+    Invalid JSON, or an object that is not a runnable job, stays the raw string, as Sidekiq stores
+    it (its API lists such an entry with the raw text as its args). Valid JSON that is not an
+    object at all (an array, a string, a number) would make Sidekiq's API raise while listing the
+    whole dead set, so it is wrapped in a job-shaped record that keeps the raw text as its only
+    argument and the reason as its error message.
+    """
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    if isinstance(parsed, dict):
+        return raw
+    return dump_job({"class": "Fastworker::InvalidPayload", "args": [raw.decode("utf-8", "replace")],
+                     "queue": queue or "default", "jid": secrets.token_hex(12), "retry": False,
+                     "created_at": now, "failed_at": now, "error_class": "Fastworker::PayloadError",
+                     "error_message": reason})

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import scripts
+from .retry import dead_member_for
 from .broker import REDIS_ERRORS
 from .log import log
 from .retry import dump_job, load_job
@@ -215,9 +216,10 @@ class Scheduler:
         return moved
 
     async def _kill_bad(self, key: str, name: str, raw: bytes, reason: str, now: float) -> None:
-        """Into the dead set as the raw string (only if this process removed it from ``key``)."""
+        """Into the dead set (only if this process removed it from ``key``): see retry.dead_member_for."""
         n = await self._kill(keys=[key, self.keys.dead],
-                             args=[repr(now), repr(now - self.dead_timeout), self.dead_max_jobs, raw])
+                             args=[repr(now), repr(now - self.dead_timeout), self.dead_max_jobs, raw,
+                                   dead_member_for(raw, None, reason, now)])
         if n:
             self.killed += 1
             log.error("job_dead", set=name, reason=reason, payload=raw[:200].decode("utf-8", "replace"))

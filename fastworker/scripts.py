@@ -69,12 +69,14 @@ return moved
 
 # Move members of a sorted set that cannot be decoded to the dead set, trimmed as Sidekiq trims it.
 # KEYS[1] = the set, KEYS[2] = dead; ARGV[1] = now, ARGV[2] = cutoff score, ARGV[3] = max jobs,
-# ARGV[4..] = members. Returns the number moved.
+# ARGV[4..] = pairs: the member, and what to write to the dead set for it
+# (retry.dead_member_for: the member itself, or a wrapper for JSON Sidekiq's API cannot list).
+# Returns the number moved.
 KILL_FROM_SET = """
 local n = 0
-for i = 4, #ARGV do
+for i = 4, #ARGV, 2 do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
+    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i+1])
     n = n + 1
   end
 end

@@ -177,12 +177,18 @@ class SidecarClient:
                 out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}"))
         return out
 
-    async def exhausted(self, job: dict[str, Any], error_class: str, error_message: str,
+    async def exhausted(self, job: dict[str, Any], failure: Failed,
                         run_exhausted_block: bool = True) -> str | None:
         """Run sidekiq_retries_exhausted (unless told not to) and the death handlers in Ruby."""
         assert self.session is not None
-        payload = orjson.dumps({"job": job, "error": {"class": error_class, "message": error_message},
-                                "run_exhausted_block": run_exhausted_block})
+        from .retry import dump_job  # integers beyond 64 bits survive
+
+        error: dict[str, Any] = {"class": failure.error_class, "message": failure.error_message}
+        if failure.backtrace is not None:
+            error["backtrace"] = failure.backtrace
+        if failure.body.get("stage") is not None:
+            error["stage"] = failure.body["stage"]
+        payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block})
         try:
             async with self.session.post(self.base_url + "/exhausted", data=payload,
                                          headers={"Content-Type": _JSON}) as resp:
