@@ -23,7 +23,7 @@ module Fastworker
       end
 
       def retry_option
-        return @job["retry"] if @job.key?("retry")
+        return @job["retry"] unless @job["retry"].nil? # as JobRetry#local: a nil retry takes the class option
         return nil unless @job_class.respond_to?(:get_sidekiq_options)
 
         @job_class.get_sidekiq_options["retry"]
