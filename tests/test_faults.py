@@ -405,3 +405,22 @@ def test_three_workers_one_killed_at_least_once(procs, predis, rr, fstub):
     summary = check_counts(fstub.counts(), jids, may_repeat=before)
     assert summary["duplicated"] <= 2 * 3  # running at the kill, or done with the ack not yet landed
     no_retry_spent(rr, fstub)
+
+
+def test_a_redis_outage_longer_than_the_ttl_makes_no_one_look_dead(procs, predis, rr, fstub):
+    ws = [procs.worker("-c", "3", name=f"w{i}") for i in range(2)]
+    for w in ws:
+        w.wait_event("startup", timeout=15)
+    jids = push(rr, jobs(300, seconds=0.03))
+    wait_until(lambda: len(fstub.executions()) >= 30, 20, what="30 jobs")
+    predis.stop()
+    time.sleep(procs.ttl + 3)  # every heartbeat key expires meanwhile
+    predis.start()
+    rr2 = predis.client()
+    wait_until(lambda: drained(rr2), 60, what="all jobs")
+    # the recoverers waited for live processes to beat again before judging anyone dead
+    assert [e for w in ws for e in w.events("jobs_recovered")] == []
+    assert [e for w in ws for e in w.events("registration_restored")] == []
+    check_counts(fstub.counts(), jids)
+    no_retry_spent(rr2, fstub)
+    rr2.close()
