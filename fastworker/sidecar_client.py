@@ -189,15 +189,20 @@ class SidecarClient:
         if failure.body.get("stage") is not None:
             error["stage"] = failure.body["stage"]
         payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block})
+        task = asyncio.current_task()
+        self.outstanding[task] = time.monotonic()  # a hang here is a hang too (the job goes back)
         try:
             async with self.session.post(self.base_url + "/exhausted", data=payload,
                                          headers={"Content-Type": _JSON}) as resp:
                 body = await resp.read()
+                self.last_answer = time.monotonic()
                 if resp.status != 200:
                     raise SidecarUnavailable(f"/exhausted answered {resp.status}: {_excerpt(body)}",
                                              resp.status, _retry_after(resp))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.outstanding.pop(task, None)
         try:
             result = orjson.loads(body).get("result")
         except (orjson.JSONDecodeError, AttributeError):
