@@ -16,6 +16,9 @@ if [ -f sidecar/Rakefile ]; then
 fi
 echo "== core on the pure-Python twin (FASTWORKER_NO_EXTENSIONS=1)"
 FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/core -q -p no:cacheprovider || status=1
+echo "== the worker end to end on the pure-Python twin"
+FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/test_worker.py -q -p no:cacheprovider \
+  -k "exactly_once or malformed or uses_uvloop or failure_writes" || status=1
 echo "== core micro-benchmarks (compiled vs twin)"
 $PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benchmark-columns=min,median,ops || status=1
 echo "== pytest"
