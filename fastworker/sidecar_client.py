@@ -70,8 +70,8 @@ class RuntimeTable:
         return value is not None and value < FAST_MS
 
 
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    value = resp.headers.get("Retry-After")
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
     if not value:
         return None
     try:
@@ -104,59 +104,50 @@ class SidecarClient:
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                              skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
                                              json_serialize=lambda o: orjson.dumps(o).decode())
-        self._perform_headers = {"Content-Type": _JSON}
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
             self.session = None
 
-    async def perform(self, raw: bytes, jid: str) -> Done | Failed | BadJob:
-        """Done or Failed (the job raised) or BadJob (400); raises SidecarUnavailable."""
+    async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+        """POST on the shared session: (status, body, headers). A connection error or timeout
+        raises SidecarUnavailable. While it waits, the request counts for the hang watchdog."""
         assert self.session is not None
-        headers = {"Content-Type": _JSON, "Idempotency-Key": jid}
         task = asyncio.current_task()
         self.outstanding[task] = time.monotonic()
         try:
-            async with self.session.post(self.perform_url, data=raw, headers=headers) as resp:
-                status = resp.status
+            async with self.session.post(url, data=data, headers=headers) as resp:
                 body = await resp.read()
                 self.last_answer = time.monotonic()
-                if status == 200:
-                    return _done(body)
-                if status == 422:
-                    return _failed(body)
-                if status == 400:
-                    return BadJob(_excerpt(body))
-                raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status,
-                                         _retry_after(resp))
+                return resp.status, body, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.outstanding.pop(task, None)
+
+    async def perform(self, raw: bytes, jid: str) -> Done | Failed | BadJob:
+        """Done or Failed (the job raised) or BadJob (400); raises SidecarUnavailable."""
+        status, body, headers = await self._post(self.perform_url, raw,
+                                                 {"Content-Type": _JSON, "Idempotency-Key": jid})
+        if status == 200:
+            return _done(body)
+        if status == 422:
+            return _failed(body)
+        if status == 400:
+            return BadJob(_excerpt(body))
+        raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
 
     async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
-        assert self.session is not None
-        task = asyncio.current_task()
-        self.outstanding[task] = time.monotonic()
-        try:
-            async with self.session.post(self.base_url + "/perform_batch", data=b"\n".join(raws),
-                                         headers={"Content-Type": "application/x-ndjson",
-                                                  "Idempotency-Keys": ",".join(jids)}) as resp:
-                status = resp.status
-                body = await resp.read()
-                self.last_answer = time.monotonic()
-                if status != 200:
-                    raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status,
-                                             _retry_after(resp))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.outstanding.pop(task, None)
+        status, body, headers = await self._post(
+            self.base_url + "/perform_batch", b"\n".join(raws),
+            {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
+        if status != 200:
+            raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
         try:
             items = orjson.loads(body)
             if not isinstance(items, list) or len(items) != len(raws):
@@ -180,7 +171,6 @@ class SidecarClient:
     async def exhausted(self, job: dict[str, Any], failure: Failed,
                         run_exhausted_block: bool = True) -> str | None:
         """Run sidekiq_retries_exhausted (unless told not to) and the death handlers in Ruby."""
-        assert self.session is not None
         from .retry import dump_job  # integers beyond 64 bits survive
 
         error: dict[str, Any] = {"class": failure.error_class, "message": failure.error_message}
@@ -189,20 +179,10 @@ class SidecarClient:
         if failure.body.get("stage") is not None:
             error["stage"] = failure.body["stage"]
         payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block})
-        task = asyncio.current_task()
-        self.outstanding[task] = time.monotonic()  # a hang here is a hang too (the job goes back)
-        try:
-            async with self.session.post(self.base_url + "/exhausted", data=payload,
-                                         headers={"Content-Type": _JSON}) as resp:
-                body = await resp.read()
-                self.last_answer = time.monotonic()
-                if resp.status != 200:
-                    raise SidecarUnavailable(f"/exhausted answered {resp.status}: {_excerpt(body)}",
-                                             resp.status, _retry_after(resp))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.outstanding.pop(task, None)
+        # a hang here is a hang too: the watchdog sends the job back to its queue
+        status, body, headers = await self._post(self.base_url + "/exhausted", payload, {"Content-Type": _JSON})
+        if status != 200:
+            raise SidecarUnavailable(f"/exhausted answered {status}: {_excerpt(body)}", status, _retry_after(headers))
         try:
             result = orjson.loads(body).get("result")
         except (orjson.JSONDecodeError, AttributeError):
