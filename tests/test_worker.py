@@ -273,3 +273,18 @@ def test_hiredis_parser_is_in_use():
             await client.aclose()
 
     assert asyncio.run(go()) == "_AsyncHiredisParser"
+
+
+def test_tstp_quiets_in_flight_jobs_finish_and_new_ones_wait(redis_url, r, stub, worker):
+    push(redis_url, 'puts [Sidekiq::Client.push("class" => "SlowJob", "args" => [1])].to_json')
+    w = worker("-c", "2")
+    wait_until(lambda: stub.stats()["in_flight"] == 1, 10, what="the slow job to start")
+    w.signal(signal.SIGTSTP)
+    w.wait_event("quiet")
+    later = push(redis_url, 'puts [Sidekiq::Client.push("class" => "HardJob", "args" => [1])].to_json')[0]
+    wait_until(lambda: processed(r) == 1, 10, what="the in-flight job to finish")
+    time.sleep(1.0)
+    assert [json.loads(x)["jid"] for x in r.lrange("queue:default", 0, -1)] == [later]  # not fetched
+    assert stub.stats()["count"] == 1 and w.proc.poll() is None  # still up, as Sidekiq stays up
+    assert w.stop() == 0
+    assert r.llen("queue:default") == 1
