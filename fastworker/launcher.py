@@ -1,6 +1,6 @@
 """Builds the components and owns start order, shutdown order and signals (asynq server.go).
 
-Start:    Redis clients -> broker registration -> sidecar client -> HTTP server -> heartbeat ->
+Start:    Redis clients -> broker registration -> sidecar client (and its /health) -> HTTP server -> heartbeat ->
           scheduler -> recoverer -> fetcher (producers last, so everything they feed is ready).
 Shutdown (TERM/INT, or ``stop!`` from the Web UI):
           readiness off -> fetcher and scheduler stop (quiet) -> in-flight jobs get until
@@ -20,19 +20,23 @@ import signal
 import socket
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from . import retry
+from . import core, retry
 from .breaker import Breaker
 from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
 from .config import Config
 from .fetcher import Fetcher
+from .heartbeat import Heartbeat
+from .http_server import HttpServer
 from .keys import Keys
 from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
+from .metrics import Metrics
 from .processor import Processor
+from .redis_url import connect
+from .recoverer import Recoverer
+from .scheduler import Scheduler
 from .sidecar_client import SidecarClient
 
 
@@ -43,7 +47,6 @@ def make_identity() -> str:
 
 def redis_client(url: str, max_connections: int, blocking: bool = False) -> Any:
     """A redis-py asyncio client (hiredis parser when installed) for a redis:// or sentinel URL."""
-    from .redis_url import connect
     return connect(url, max_connections=max_connections, blocking=blocking)
 
 
@@ -65,7 +68,7 @@ class Launcher:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._deadline: float | None = None
-        self.components: list[Any] = []  # optional loops with start()/stop() (heartbeat, scheduler, ...)
+        self.components: list[Any] = []  # the loops beside the job path: http, heartbeat, scheduler, recoverer
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -81,7 +84,7 @@ class Launcher:
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
-        self.metrics = self._make_metrics()
+        self.metrics = Metrics(self)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
                                    retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
                                    c.dead_timeout, self.metrics)
@@ -89,7 +92,8 @@ class Launcher:
         prefetch = c.prefetch or min(c.concurrency, 32)
         self.fetcher = Fetcher(self.broker, self.limiter, self.manager, self.processor, self.breaker,
                                c.queues, prefetch)
-        for comp in self._optional_components():
+        # the loops beside the job path, started before the fetcher so that what they watch exists
+        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self)):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()
@@ -97,27 +101,8 @@ class Launcher:
         self._tasks.append(loop.create_task(self._breaker_probe()))
         self.fetch_task = loop.create_task(self.fetcher.run())
         log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
-                 sidecar_url=c.sidecar_url, core=__import__("fastworker.core", fromlist=["x"]).IMPLEMENTATION,
+                 sidecar_url=c.sidecar_url, core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
-
-    def _make_metrics(self) -> Any:
-        try:
-            from .metrics import Metrics
-        except ImportError:
-            return None
-        return Metrics(self)
-
-    def _optional_components(self) -> list[Any]:
-        """Loops beside the job path; each module is optional so the core path stands alone."""
-        comps: list[Any] = []
-        for modname, cls in (("http_server", "HttpServer"), ("heartbeat", "Heartbeat"),
-                             ("scheduler", "Scheduler"), ("recoverer", "Recoverer")):
-            try:
-                mod = __import__(f"fastworker.{modname}", fromlist=[cls])
-            except ImportError:
-                continue
-            comps.append(getattr(mod, cls)(self))
-        return comps
 
     # -- signals and remote commands ------------------------------------------------------------
 
