@@ -179,7 +179,8 @@ class FileStub:
         if not self.records.exists():
             return []
         out = []
-        for line in self.records.read_bytes().splitlines():
+        # complete lines only: the stub may be half-way through appending the last one
+        for line in self.records.read_bytes().split(b"\n")[:-1]:
             if line.strip():
                 out.append(json.loads(line))
         return out
