@@ -31,11 +31,18 @@ echo "run: starting the sidecar on 127.0.0.1:$SIDECAR_PORT"
 ruby sidecar/bin/fastworker-sidecar --rails-root "$APP" --port "$SIDECAR_PORT" --threads 10 \
   > "$APP/log/sidecar.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 120); do
-  curl -fs "http://127.0.0.1:$SIDECAR_PORT/health" >/dev/null 2>&1 && break
-  sleep 0.25
-done
-curl -fs "http://127.0.0.1:$SIDECAR_PORT/health"; echo
+python3 - "$SIDECAR_PORT" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/health"
+for _ in range(240):
+    try:
+        print(urllib.request.urlopen(url, timeout=1).read().decode())
+        break
+    except OSError:
+        time.sleep(0.25)
+else:
+    sys.exit(f"run: the sidecar did not become healthy; see examples/rails_app/log/sidecar.out")
+PY
 
 echo "run: starting fastworker (queues critical,default,low; metrics on :$HTTP_PORT/metrics)"
 python3 -m fastworker --queues critical,default,low -c 10 --sidecar-url "http://127.0.0.1:$SIDECAR_PORT" \
