@@ -392,8 +392,10 @@ def test_many_workers_run_each_job_exactly_once(procs, predis, rr, fstub, n):
 
 
 def test_three_workers_one_killed_at_least_once(procs, predis, rr, fstub):
-    jids = push(rr, jobs(300, seconds=0.1))
     ws = [procs.worker("-c", "3", name=f"w{i}") for i in range(3)]
+    for w in ws:
+        w.wait_event("startup", timeout=15)
+    jids = push(rr, jobs(300, seconds=0.1))
     wait_until(lambda: len(fstub.executions()) >= 60, 20, what="60 jobs")
     ws[0].signal(signal.SIGKILL)
     ws[0].wait(5)

@@ -342,13 +342,22 @@ class Procs:
         self.stub = stub
         self.ttl = ttl
         self.workers: list[Worker] = []
+        self.ports: set[int] = {stub.port}
         self.beats = HeartbeatStandIn(self.redis_url, ttl)
 
     def worker(self, *args: str, name: str = "w") -> Worker:
         argv = ["--process-ttl", str(self.ttl), "--heartbeat-interval", "1", "--breaker-cooldown", "0.5",
                 "--log-level", "info", *args]
-        w = Worker(self.redis_url, self.stub.url, *argv,
-                   log_path=self.tmp_path / f"{name}-{len(self.workers)}.log")
+        attempt = 0
+        while True:
+            suffix = f"-{attempt}" if attempt else ""
+            w = Worker(self.redis_url, self.stub.url, *argv,
+                       log_path=self.tmp_path / f"{name}-{len(self.workers)}{suffix}.log")
+            if w.http_port not in self.ports:  # free_port() may hand out a port twice in a row
+                break
+            w.kill()
+            attempt += 1
+        self.ports.add(w.http_port)
         self.workers.append(w)
         self.beats.add(w)
         return w
