@@ -21,6 +21,9 @@ FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/test_worker.py -q -p no:cacheprov
   -k "exactly_once or malformed or uses_uvloop or failure_writes" || status=1
 echo "== core micro-benchmarks (compiled vs twin)"
 $PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benchmark-columns=min,median,ops || status=1
+echo "== benchmarks, short runs (figures for the log; the full runs are in README.md)"
+$PY bench/throughput.py --jobs 20000 --json || status=1
+$PY bench/vs_sidekiq.py --jobs 5000 --log warn || status=1
 echo "== pytest"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
 exit $status
