@@ -47,6 +47,19 @@ class BadJob(Exception):
     """The sidecar says the body is not a runnable job (400)."""
 
 
+class JobTimedOut(Exception):
+    """A request outlived --job-timeout: the job's fault, not the sidecar's (it spends a retry,
+    as a job that raised; requeueing it for free would loop forever)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def failure(self) -> "Failed":
+        return Failed("Fastworker::JobTimeout", f"the job ran longer than --job-timeout ({self.seconds:g} s)",
+                      None, None, None, {})
+
+
 FAST_MS = 0.5  # a class whose jobs take less than this in Ruby is batched
 BATCH_MAX = 8
 
@@ -115,21 +128,28 @@ class SidecarClient:
         raises SidecarUnavailable. While it waits, the request counts for the hang watchdog."""
         assert self.session is not None
         task = asyncio.current_task()
-        self.outstanding[task] = time.monotonic()
+        started = self.outstanding[task] = time.monotonic()
         try:
             async with self.session.post(url, data=data, headers=headers) as resp:
                 body = await resp.read()
                 self.last_answer = time.monotonic()
                 return resp.status, body, resp.headers
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if (isinstance(exc, asyncio.TimeoutError) and self.job_timeout
+                    and time.monotonic() - started >= self.job_timeout * 0.99):
+                raise JobTimedOut(self.job_timeout) from exc
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.outstanding.pop(task, None)
 
     async def perform(self, raw: bytes, jid: str) -> Done | Failed | BadJob:
-        """Done or Failed (the job raised) or BadJob (400); raises SidecarUnavailable."""
-        status, body, headers = await self._post(self.perform_url, raw,
-                                                 {"Content-Type": _JSON, "Idempotency-Key": jid})
+        """Done or Failed (the job raised, or ran past --job-timeout) or BadJob (400); raises
+        SidecarUnavailable."""
+        try:
+            status, body, headers = await self._post(self.perform_url, raw,
+                                                     {"Content-Type": _JSON, "Idempotency-Key": jid})
+        except JobTimedOut as exc:
+            return exc.failure()
         if status == 200:
             return _done(body)
         if status == 422:
@@ -143,9 +163,12 @@ class SidecarClient:
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
-        status, body, headers = await self._post(
-            self.base_url + "/perform_batch", b"\n".join(raws),
-            {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
+        try:
+            status, body, headers = await self._post(
+                self.base_url + "/perform_batch", b"\n".join(raws),
+                {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
+        except JobTimedOut as exc:
+            return [exc.failure() for _ in raws]
         if status != 200:
             raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
         try:

@@ -288,3 +288,13 @@ def test_tstp_quiets_in_flight_jobs_finish_and_new_ones_wait(redis_url, r, stub,
     assert stub.stats()["count"] == 1 and w.proc.poll() is None  # still up, as Sidekiq stays up
     assert w.stop() == 0
     assert r.llen("queue:default") == 1
+
+
+def test_a_job_past_job_timeout_spends_a_retry_instead_of_looping(redis_url, r, stub, worker):
+    jid = push(redis_url, 'puts [Sidekiq::Client.push("class" => "SlowJob", "args" => [5])].to_json')[0]
+    worker("-c", "1", "--job-timeout", "0.5")
+    member = wait_until(lambda: r.zrange("retry", 0, -1), 10, what="the retry entry")[0]
+    entry = json.loads(member)
+    assert entry["jid"] == jid and entry["error_class"] == "Fastworker::JobTimeout"
+    assert entry["retry_count"] == 0 and "--job-timeout" in entry["error_message"]
+    assert r.llen("queue:default") == 0  # not requeued for free
