@@ -34,6 +34,7 @@ from orjson import loads as _orjson_loads
 # One exception class for both twins, so `except core.PayloadError` always works; the
 # error-message builders are shared for the same reason.
 from ._core_py import PayloadError, _coerce_raw, _field_error, _not_an_object
+from ._core_py import retry_delay as _py_retry_delay, retry_jitter as _py_retry_jitter
 
 __all__ = (
     "IMPLEMENTATION",
@@ -276,16 +277,6 @@ cpdef Envelope decode_envelope(object raw):
     return env
 
 
-cdef object _retry_delay_py(object count, object jitter):
-    count = PyNumber_Index(count)
-    jitter = PyNumber_Index(jitter)
-    if count < 0:
-        raise ValueError("count must be >= 0")
-    if jitter < 0:
-        raise ValueError("jitter must be >= 0")
-    return count ** 4 + 15 + jitter
-
-
 def retry_delay(count, jitter):
     """Sidekiq's default retry delay in seconds: count**4 + 15 + jitter (exact ints)."""
     cdef long long c, j
@@ -296,24 +287,8 @@ def retry_delay(count, jitter):
             j = PyLong_AsLongLongAndOverflow(jitter, &overflow)
             if overflow == 0 and 0 <= j <= _DELAY_FAST_JITTER:
                 return c * c * c * c + 15 + j
-    return _retry_delay_py(count, jitter)
-
-
-cdef object _retry_jitter_py(object count, object r, object sidekiq8):
-    count = PyNumber_Index(count)
-    if not isinstance(r, (int, float)):
-        raise TypeError(f"r must be a real number, not {type(r).__name__}")
-    if count < 0:
-        raise ValueError("count must be >= 0")
-    r = float(r)
-    if not 0.0 <= r < 1.0:
-        raise ValueError(f"r must be in [0, 1), got {r!r}")
-    if sidekiq8:
-        n = 10 * (count + 1)
-        j = int(r * n)
-        return j if j < n else n - 1
-    digit = int(r * 10)
-    return (digit if digit < 10 else 9) * (count + 1)
+    # past C integers, validation and exact Python ints: the twin's code is the spec
+    return _py_retry_delay(count, jitter)
 
 
 def retry_jitter(count, r, sidekiq8):
@@ -331,7 +306,8 @@ def retry_jitter(count, r, sidekiq8):
                 return j if j < n else n - 1
             j = <long long>(x * 10.0)
             return (j if j < 10 else 9) * (c + 1)
-    return _retry_jitter_py(count, r, sidekiq8)
+    # anything off the fast path (huge counts, int r, bad input): the twin's code is the spec
+    return _py_retry_jitter(count, r, sidekiq8)
 
 
 cdef long long _nonneg(object value, str name) except -2:
