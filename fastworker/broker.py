@@ -2,12 +2,14 @@
 
 Duties:
 1. fetch: move jobs atomically from ``queue:NAME`` into this process's in-progress list, many per
-   round trip (Lua + LMOVE), in strict or per-slot weighted order.
+   round trip (Lua + LMOVE), in strict or per-slot weighted order; the same call carries the acks
+   and stat counters queued since the last one, so a finished batch costs one round trip in all.
 2. wait: with every queue empty, block on the queues (a BLMOVE that puts the job straight back)
    instead of polling, so an idle worker sends a few commands a second and wakes within a
    millisecond of a push.
-3. ack: remove finished jobs from the in-progress list, batched into one pipeline per event-loop
-   turn, together with the Sidekiq stat counters; retried until it lands.
+3. ack: remove finished jobs from the in-progress list, together with the Sidekiq stat counters:
+   carried by the next fetch, or flushed alone when no fetch follows within the event-loop turn
+   (quiet, breaker open, every token busy); retried until it lands.
 4. requeue / retry / kill: move a job out of the in-progress list to the head of its queue, the
    retry set or the dead set, in one MULTI each, retried until it lands.
 
@@ -99,22 +101,22 @@ class Broker:
         self.queues = list(queues)
         self.health = health or RedisHealth()
         self.stopping = False
-        self._fetch_script = redis.register_script(scripts.FETCH)
+        self._ack_fetch_script = redis.register_script(scripts.ACK_FETCH)
         self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
-        self._ack_script = redis.register_script(scripts.ACK)
         self._requeue_script = redis.register_script(scripts.REQUEUE)
-        self._fetch_keys: list[str] = []
+        self._queue_keys: list[str] = []
         for q in self.queues:
-            self._fetch_keys.append(keys.queue(q))
-            self._fetch_keys.append(keys.inprogress(identity, q))
+            self._queue_keys.append(keys.queue(q))
+            self._queue_keys.append(keys.inprogress(identity, q))
+        self._queue_index = {q: i + 1 for i, q in enumerate(self.queues)}
         self._inprogress = {q: keys.inprogress(identity, q) for q in self.queues}
-        # batched acks and stat counters
+        # acks and stat counters waiting for the next fetch (or flush)
         self._acks: list[tuple[str, bytes]] = []
         self._processed = 0
         self._failed = 0
         self._flush_task: asyncio.Task[None] | None = None
-        self.acks_inflight: list[tuple[str, bytes]] = []  # the batch being written (read by the recoverer)
-        self._flush_wanted = False
+        self._acks_inflight: list[tuple[str, bytes]] = []  # the acks of the call under way
+        self._fetching: asyncio.Future[None] | None = None  # a fetch under way: the acks wait for the next
 
     def _stop_flag(self) -> bool:
         return self.stopping
@@ -137,14 +139,51 @@ class Broker:
     # -- fetch -------------------------------------------------------------------------------
 
     async def fetch(self, n: int, orders: bytes = b"") -> list[tuple[str, bytes]]:
-        """Move up to ``n`` jobs into the in-progress lists; return (queue, raw) pairs.
+        """Land the queued acks and counters, and move up to ``n`` jobs into the in-progress lists,
+        in one call; return the fetched (queue, raw) pairs.
 
         ``orders``: b"" for strict order, else ``n`` permutations of queue indexes (1-based bytes).
-        Raises a Redis error on failure (the caller backs off).
+        Raises a Redis error on failure (the caller backs off); the acks then wait for the next call.
         """
-        flat = await self._fetch_script(keys=self._fetch_keys, args=[n, orders])
+        self._fetching = asyncio.get_running_loop().create_future()
+        try:
+            flat = await self._ack_fetch(n, orders)
+        finally:
+            self._fetching.set_result(None)
+            self._fetching = None
         queues = self.queues
         return [(queues[flat[i] - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def _ack_fetch(self, n: int, orders: bytes) -> list[Any]:
+        acks, self._acks = self._acks, []
+        processed, self._processed = self._processed, 0
+        failed, self._failed = self._failed, 0
+        day = utc_day(time.time())
+        k = self.keys
+        keys = [k.stat_processed, k.stat_processed_day(day), k.stat_failed, k.stat_failed_day(day)]
+        keys += self._queue_keys
+        args: list[int | bytes] = [n, orders, processed, failed, STATS_TTL]
+        index = self._queue_index
+        for queue, raw in acks:
+            i = index.get(queue)
+            if i is None:  # a queue this process does not fetch from (never expected): its own pair
+                index = dict(index)
+                i = index[queue] = len(keys) // 2 - 1
+                keys += (self.keys.queue(queue), self.inprogress_key(queue))
+            args.append(i)
+            args.append(raw)
+        self._acks_inflight = acks
+        try:
+            return await self._ack_fetch_script(keys=keys, args=args)
+        except BaseException:
+            # not landed (or not known to have landed): the acks go with the next call; an ack that
+            # did land is harmless to repeat, a counter counted twice is the price of never losing one
+            self._acks[:0] = acks
+            self._processed += processed
+            self._failed += failed
+            raise
+        finally:
+            self._acks_inflight = []
 
     async def wait_for_job(self, queue: str, timeout: float) -> bytes | None:
         """Block until ``queue`` has a job (or ``timeout``), and take it.
@@ -169,91 +208,38 @@ class Broker:
         self._failed += failed
         self._want_flush()
 
+    def held(self) -> list[bytes]:
+        """The jobs whose ack is queued or under way: finished, still in an in-progress list."""
+        return [raw for _, raw in self._acks] + [raw for _, raw in self._acks_inflight]
+
     def _want_flush(self) -> None:
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
-        else:
-            self._flush_wanted = True
 
     async def _flush_loop(self) -> None:
         try:
             while True:
-                self._flush_wanted = False
-                await asyncio.sleep(0)  # let this turn's finishing jobs join the batch
-                await self._flush_once()
+                # The token released with an ack wakes the fetch loop, whose next fetch carries the
+                # ack: wait out a fetch under way and two turns of the loop, and flush alone only
+                # what no fetch took (every token busy, quiet, the breaker open).
+                while self._fetching is not None:
+                    await self._fetching
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if self._fetching is not None:
+                    continue
                 if not (self._acks or self._processed or self._failed):
                     break
+                await until_ok("ack", lambda: self._ack_fetch(0, b""), self.health, self._stop_flag)
         finally:
             self._flush_task = None
-
-    async def _flush_once(self) -> None:
-        acks, self._acks = self._acks, []
-        processed, self._processed = self._processed, 0
-        failed, self._failed = self._failed, 0
-        if not (acks or processed or failed):
-            return
-
-        keys: list[str] = []
-        args: list[int | bytes] = []
-        if acks:
-            index: dict[str, int] = {}
-            for queue, raw in acks:
-                i = index.get(queue)
-                if i is None:
-                    keys.append(self.inprogress_key(queue))
-                    i = index[queue] = len(keys)
-                args.append(i)
-                args.append(raw)
-
-        async def op() -> None:
-            if not (processed or failed):
-                await self._ack_script(keys=keys, args=args)
-                return
-            # ``async with``: redis-py loads scripts outside execute()'s cleanup, so on a connection
-            # error only the context manager gives the pool its connection back
-            async with self.redis.pipeline(transaction=False) as p:
-                if acks:
-                    await self._ack_script(keys=keys, args=args, client=p)
-                self._stats_into(p, processed, failed)
-                await p.execute()
-
-        self.acks_inflight = acks
-        try:
-            await until_ok("ack", op, self.health, self._stop_flag)
-        except REDIS_ERRORS:
-            # stopping with Redis down: keep them for the final flush attempt; the jobs are still
-            # in the in-progress list, so at worst the recoverer runs them again (never lost)
-            self._acks[:0] = acks
-            self._processed += processed
-            self._failed += failed
-            raise
-        finally:
-            self.acks_inflight = []
-
-    def _stats_into(self, p: Any, processed: int, failed: int) -> None:
-        if not (processed or failed):
-            return
-        day = utc_day(time.time())
-        k = self.keys
-        if processed:
-            p.incrby(k.stat_processed, processed)
-            p.incrby(k.stat_processed_day(day), processed)
-            p.expire(k.stat_processed_day(day), STATS_TTL)
-        if failed:
-            p.incrby(k.stat_failed, failed)
-            p.incrby(k.stat_failed_day(day), failed)
-            p.expire(k.stat_failed_day(day), STATS_TTL)
 
     async def flush(self) -> None:
         """Wait until every queued ack and counter has landed (used at shutdown and by tests)."""
         while self._flush_task is not None:
             await asyncio.shield(self._flush_task)
         if self._acks or self._processed or self._failed:
-            await self._flush_once()
-
-    @property
-    def pending_acks(self) -> int:
-        return len(self._acks)
+            await until_ok("ack", lambda: self._ack_fetch(0, b""), self.health, self._stop_flag)
 
     # -- moves out of the in-progress list ---------------------------------------------------
 

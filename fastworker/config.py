@@ -64,7 +64,6 @@ class Config:
     poll_interval: float = 1.0  # scheduler average, seconds
     heartbeat_interval: float = 5.0
     process_ttl: int = 60
-    prefetch: int = 0  # 0 = auto, see effective_prefetch
     max_retries: int = 25
     dead_max_jobs: int = 10_000
     dead_timeout: int = 15_552_000  # 180 days, seconds
@@ -94,11 +93,6 @@ class Config:
     def expanded_queues(self) -> tuple[str, ...]:
         """Sidekiq's weighted list: each name repeated max(weight, 1) times. Shuffle, then de-duplicate."""
         return tuple(name for name, weight in self.queues for _ in range(max(weight, 1)))
-
-    @property
-    def effective_prefetch(self) -> int:
-        """``prefetch``, or min(concurrency, 32) when it is 0 (auto)."""
-        return self.prefetch or min(self.concurrency, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -397,8 +391,6 @@ OPTIONS: tuple[Option, ...] = (
          help="seconds between process heartbeats"),
     _opt("process_ttl", "--process-ttl", parse=_int_at_least(1, "a positive integer number of seconds"),
          metavar="SECONDS", help="expiry of the process record; must exceed the heartbeat interval"),
-    _opt("prefetch", "--prefetch", parse=_int_at_least(0, "a non-negative integer"), metavar="N",
-         help="jobs fetched ahead of free capacity (0 = min(concurrency, 32))"),
     _opt("max_retries", "--max-retries", parse=_int_at_least(0, "a non-negative integer"), metavar="N",
          help="retries for jobs with retry: true"),
     _opt("dead_max_jobs", "--dead-max-jobs", parse=_int_at_least(0, "a non-negative integer"), metavar="N",

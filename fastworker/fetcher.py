@@ -1,15 +1,19 @@
 """The fetch loop (Sidekiq fetch.rb + processor.rb#fetch), one task per process.
 
 Duties:
-1. fetch only while a concurrency token is free (plus a small prefetch bound): with every token
-   taken, fetching pauses, and at most ``prefetch`` jobs ever wait fetched-but-not-started;
-2. many jobs per round trip when queues are deep (one Lua call moves a batch);
+1. fetch one job per free concurrency token, never more (Sidekiq fetches only for an idle thread):
+   a fetched job starts at once, none waits fetched-but-not-started, and a process whose tokens are
+   all busy leaves the queued jobs in Redis for other processes;
+2. many jobs per round trip when queues are deep (one Lua call moves them, and lands the acks of
+   the jobs whose tokens it refills);
 3. queue order: strict (the given order, every time) or weighted (a fresh shuffle of the
    expanded list per job slot, de-duplicated: Sidekiq's per-fetch shuffle);
 4. with every queue empty, block instead of polling: one waker per queue blocks on it (a BLMOVE
    into the in-progress list) and hands the job to the fetch loop the moment it is pushed;
 5. decode each job (the core); an undecodable one goes to the dead set with the reason;
-6. after quiet or stop began, jobs fetched in flight go back to the head of their queue.
+6. start each job with its token: fast classes share requests as the batch planner splits them,
+   the others get a request each;
+7. after quiet or stop began, jobs fetched in flight go back to the head of their queue.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import random
 from typing import Any, Sequence
 
 from . import core
+from .batching import BatchPlanner
 from .breaker import Breaker
 from .broker import REDIS_ERRORS, Broker
 from .limiter import Limiter
@@ -26,19 +31,20 @@ from .log import log
 from .manager import Manager
 from .processor import Processor
 
-BATCH_MAX = 64
+FETCH_MAX = 64  # jobs per fetch call at most
 WAKER_TIMEOUT = 5.0  # seconds a waker blocks per command: an idle worker sends 0.2 cmd/s per queue
 IDLE_RECHECK = 10.0  # the fetch loop re-polls on its own only if every waker failed to wake it
 
 
 class Fetcher:
     def __init__(self, broker: Broker, limiter: Limiter, manager: Manager, processor: Processor,
-                 breaker: Breaker, queues: Sequence[tuple[str, int]], prefetch: int) -> None:
+                 breaker: Breaker, planner: BatchPlanner, queues: Sequence[tuple[str, int]]) -> None:
         self.broker = broker
         self.limiter = limiter
         self.manager = manager
         self.processor = processor
         self.breaker = breaker
+        self.planner = planner
         names: list[str] = []
         for name, _ in queues:
             if name not in names:
@@ -47,15 +53,13 @@ class Fetcher:
         self.strict = all(w == 0 for _, w in queues)
         # the expanded list as queue indexes (1-based), each repeated max(weight, 1) times
         self._expanded = [names.index(n) + 1 for n, w in queues for _ in range(max(w, 1))]
-        self.prefetch = prefetch
         self.quiet = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._wakers: list[asyncio.Task[None]] = []
         self._handoff: list[tuple[str, bytes]] = []  # jobs a waker already moved to in-progress
         self.fetched = 0
-        self.round_trips = 0
-        self.in_hand: Sequence[tuple[str, bytes]] = ()  # fetched, not yet handed to the manager (recoverer)
+        self.in_hand: Sequence[tuple[str, bytes]] = ()  # fetched, not yet handed to the manager
 
     # -- queue order ---------------------------------------------------------------------------
 
@@ -80,39 +84,15 @@ class Fetcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def held(self) -> list[bytes]:
+        """The jobs this loop holds outside the manager (for the recoverer's orphan sweep)."""
+        return [raw for _, raw in self.in_hand] + [raw for _, raw in self._handoff]
+
     async def run(self) -> None:
-        backoff = 0.05
+        self._backoff = 0.05
         try:
             while not self.quiet:
-                await self.limiter.wait_free()
-                if self.quiet:
-                    break
-                if not self.breaker.allow_fetch():
-                    await self._sleep_or_wake(0.1)
-                    continue
-                if self._handoff:  # jobs a waker already took: they come first
-                    items, self._handoff = self._handoff, []
-                    self.fetched += len(items)
-                    await self._dispatch(items)
-                    continue
-                n = min(self.limiter.free + self.prefetch, BATCH_MAX)
-                if self.breaker.state != "closed":
-                    n = 1
-                try:
-                    items = await self.broker.fetch(n, self.orders(n))
-                except REDIS_ERRORS as exc:
-                    self.broker.health.failed("fetch", exc)
-                    await self._sleep_or_wake(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.05
-                self.broker.health.succeeded()
-                self.round_trips += 1
-                if not items:
-                    await self._idle_wait()
-                    continue
-                self.fetched += len(items)
-                await self._dispatch(items)
+                await self.tick()
         finally:
             for t in self._wakers:
                 t.cancel()
@@ -122,6 +102,41 @@ class Fetcher:
             if self._handoff:  # taken by a waker as quiet began: back to the head of its queue
                 items, self._handoff = self._handoff, []
                 await self.broker.bulk_requeue(items[::-1])
+
+    async def tick(self) -> None:
+        """Wait for a free token, fetch one job per free token, start them."""
+        await self.limiter.wait_free()
+        if self.quiet:
+            return
+        if not self.breaker.allow_fetch():
+            await self._sleep_or_wake(0.1)
+            return
+        free = self.limiter.free
+        if self.breaker.state != "closed":
+            free = 1  # half-open: probe jobs one at a time
+        if self._handoff:  # jobs a waker already took: they come first
+            items, self._handoff = self._handoff[:free], self._handoff[free:]
+            if self._handoff:  # more than tokens (one waker per queue): the rest go back, next in line
+                rest, self._handoff = self._handoff, []
+                await self.broker.bulk_requeue(rest[::-1])
+            self.fetched += len(items)
+            await self._dispatch(items)
+            return
+        n = min(free, FETCH_MAX)
+        try:
+            items = await self.broker.fetch(n, self.orders(n))
+        except REDIS_ERRORS as exc:
+            self.broker.health.failed("fetch", exc)
+            await self._sleep_or_wake(self._backoff * (0.5 + random.random()))
+            self._backoff = min(self._backoff * 2, 5.0)
+            return
+        self._backoff = 0.05
+        self.broker.health.succeeded()
+        if not items:
+            await self._idle_wait()
+            return
+        self.fetched += len(items)
+        await self._dispatch(items)
 
     async def _dispatch(self, items: list[tuple[str, bytes]]) -> None:
         self.in_hand = items
@@ -133,42 +148,34 @@ class Fetcher:
             await asyncio.sleep(0)  # let the probe job call breaker.started() before the next fetch
 
     async def _dispatch_items(self, items: list[tuple[str, bytes]]) -> None:
+        planner = self.planner
         batch: list[tuple[str, Any]] = []
-        batch_max = self.processor.sidecar.batch_max
         for i, (queue, raw) in enumerate(items):
             try:
                 env = core.decode_envelope(raw)
             except core.PayloadError as exc:
                 await self.processor.kill_bad(queue, raw, f"undecodable payload: {exc}")
                 continue
-            if not self.limiter.try_acquire():
-                # never hold a partial batch's tokens while waiting for another one
-                self._start_batch(batch)
-                batch = []
-                await self.limiter.acquire()
-            if self.quiet or self.breaker.state == "open":
-                # quiet or stop began, or the circuit opened, while this batch was in hand: put the
-                # rest back, next in line (a job never goes to a sidecar the breaker gave up on)
-                self.limiter.release()
-                self._start_batch(batch)
+            if self.quiet or self.breaker.state == "open" or not self.limiter.try_acquire():
+                # quiet or stop began, or the circuit opened, while this fetch was in hand (a job
+                # never goes to a sidecar the breaker gave up on): the rest go back, next in line
+                self._start(batch)
                 rest = [(queue, raw)] + list(items[i + 1:])
                 await self.broker.bulk_requeue(rest[::-1])
                 log.info("fetch_requeued", count=len(rest), reason="quiet" if self.quiet else "breaker_open")
                 return
-            if batch_max > 1 and self.processor.batchable(env):
+            if planner.batchable(env.klass):
                 batch.append((queue, env))
-                if len(batch) >= batch_max:
-                    self._start_batch(batch)
-                    batch = []
             else:
                 self.manager.spawn(queue, env)
-        self._start_batch(batch)
+        self._start(batch)
 
-    def _start_batch(self, batch: list[tuple[str, Any]]) -> None:
-        if len(batch) == 1:
-            self.manager.spawn(*batch[0])
-        elif batch:
-            self.manager.spawn_batch(batch)
+    def _start(self, batchable: list[tuple[str, Any]]) -> None:
+        for group in self.planner.split(batchable):
+            if len(group) == 1:
+                self.manager.spawn(*group[0])
+            else:
+                self.manager.spawn_batch(group)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake.clear()

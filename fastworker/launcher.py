@@ -21,6 +21,7 @@ import socket
 from typing import Any
 
 from . import core, retry
+from .batching import BatchPlanner
 from .breaker import Breaker
 from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
@@ -85,13 +86,13 @@ class Launcher:
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
         self.metrics = Metrics(self)
+        self.planner = BatchPlanner(c.concurrency, self.sidecar.offer)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
                                    retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
-                                   c.dead_timeout, self.metrics)
+                                   c.dead_timeout, self.planner, self.metrics)
         self.manager = Manager(self.processor, self.limiter, self.broker, self.clock)
-        prefetch = c.prefetch or min(c.concurrency, 32)
         self.fetcher = Fetcher(self.broker, self.limiter, self.manager, self.processor, self.breaker,
-                               c.queues, prefetch)
+                               self.planner, c.queues)
         # the loops beside the job path, started before the fetcher so that what they watch exists
         for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self)):
             await comp.start()

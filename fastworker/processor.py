@@ -23,13 +23,14 @@ from .broker import Broker
 from .clock import Clock
 from .errors import SidecarUnavailable
 from .log import log
-from .sidecar_client import BadJob, Done, Failed, RuntimeTable, SidecarClient
+from .batching import BatchPlanner
+from .sidecar_client import BadJob, Done, Failed, SidecarClient
 
 
 class Work:
     """One fetched job moving through the stages (Sidekiq's UnitOfWork)."""
 
-    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned")
+    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields")
 
     def __init__(self, queue: str, env: Any, tid: str, run_at: float) -> None:
         self.queue = queue
@@ -38,11 +39,13 @@ class Work:
         self.run_at = run_at
         self.task: asyncio.Task[None] | None = None
         self.abandoned = False
+        self.log_fields = b""  # its start/done lines' fields, encoded once (log.job_fields)
 
 
 class Processor:
     def __init__(self, broker: Broker, sidecar: SidecarClient, breaker: Breaker, clock: Clock,
-                 policy: retry.Policy, dead_max_jobs: int, dead_timeout: int, metrics: Any = None) -> None:
+                 policy: retry.Policy, dead_max_jobs: int, dead_timeout: int, planner: BatchPlanner,
+                 metrics: Any = None) -> None:
         self.broker = broker
         self.sidecar = sidecar
         self.breaker = breaker
@@ -52,19 +55,13 @@ class Processor:
         self.dead_timeout = dead_timeout
         self.metrics = metrics
         self.on_finished: Any = None  # set by the manager
-        self.runtimes = RuntimeTable()
-
-    def batchable(self, env: Any) -> bool:
-        """Batch only jobs known to run in well under a millisecond in Ruby: for those, one HTTP
-        request per job costs more than the job. Slower (I/O-bound) jobs keep one request each, so
-        they keep Puma's thread parallelism."""
-        return self.sidecar.batch_max > 1 and self.runtimes.fast(env.klass)
+        self.planner = planner  # learns runtimes and request overhead from every answer
 
     async def process(self, work: Work) -> None:
         """One job, one POST /perform."""
         env = work.env
         t0 = self.clock.mono()
-        self._started(work)
+        self._started([work])
         try:
             self.breaker.started()
             try:
@@ -76,9 +73,11 @@ class Processor:
                     self.breaker.failure(exc.reason, exc.retry_after)
                     await self._requeue([work], exc)
                 return
+            elapsed = self.clock.mono() - t0
+            self._measured(elapsed, [(work, result)])
             if not work.abandoned:
                 self.breaker.success()
-                await self._outcome(work, result, self.clock.mono() - t0)
+                await self._outcome(work, result, elapsed)
         finally:
             if self.on_finished is not None:
                 self.on_finished(work)
@@ -86,8 +85,7 @@ class Processor:
     async def process_batch(self, works: list[Work]) -> None:
         """Several sub-millisecond jobs in one POST /perform_batch (each keeps its own outcome)."""
         t0 = self.clock.mono()
-        for w in works:
-            self._started(w)
+        self._started(works)
         try:
             self.breaker.started()
             try:
@@ -103,7 +101,9 @@ class Processor:
                     await self._requeue(live, exc)
                 return
             self.breaker.success()
-            elapsed = (self.clock.mono() - t0) / len(works)
+            wall = self.clock.mono() - t0
+            self._measured(wall, list(zip(works, results)))
+            elapsed = wall / len(works)
             unavailable: list[Work] = []
             for w, result in zip(works, results):
                 if w.abandoned:
@@ -121,22 +121,34 @@ class Processor:
                 for w in works:
                     self.on_finished(w)
 
-    def _started(self, work: Work) -> None:
-        env = work.env
+    def _started(self, works: list[Work]) -> None:
         if log.info_on:
-            log.emit(20, "job_start", {"jid": env.jid, "class": env.display_class, "queue": work.queue,
-                                       "retry_count": env.retry_count})
+            for w in works:
+                env = w.env
+                w.log_fields = log.job_fields(env.jid, env.display_class, w.queue, env.retry_count)
+            log.job_lines(b"job_start", [w.log_fields for w in works])
         if self.metrics is not None:
-            self.metrics.job_started(work, self.clock.now())
+            now = self.clock.now()
+            for w in works:
+                self.metrics.job_started(w, now)
+
+    def _measured(self, wall: float, answers: list[tuple[Work, Any]]) -> None:
+        """Teach the planner each class's runtime and what the request cost beyond them."""
+        planner = self.planner
+        total = 0.0
+        for w, result in answers:
+            ms = result.runtime_ms if isinstance(result, (Done, Failed)) else None
+            if ms is not None:
+                planner.observe_runtime(w.env.klass, ms / 1000)
+                total += ms / 1000
+        planner.observe_request(wall, total)
 
     async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:
         env = work.env
         if isinstance(result, Done):
             self.broker.ack(work.queue, env.raw)
-            self.runtimes.observe(env.klass, result.runtime_ms)
             if log.info_on:
-                log.emit(20, "job_done", {"jid": env.jid, "class": env.display_class, "queue": work.queue,
-                                          "elapsed_ms": round(elapsed * 1000, 3), "retry_count": env.retry_count})
+                log.job_lines(b"job_done", (work.log_fields,), round(elapsed * 1000, 3))
             if self.metrics is not None:
                 self.metrics.job_done(work, elapsed, True)
         elif isinstance(result, Failed):

@@ -218,15 +218,9 @@ class Recoverer:
         manager = getattr(L, "manager", None)
         if fetcher is None or broker is None or manager is None:
             return None
-        in_hand = getattr(fetcher, "in_hand", None)
-        acks_inflight = getattr(broker, "acks_inflight", None)
-        if in_hand is None or acks_inflight is None:
-            return None
         known = {w.env.raw for w in list(manager.busy.values())}
-        known.update(raw for _, raw in in_hand)
-        known.update(raw for _, raw in getattr(fetcher, "_handoff", ()))  # taken by an idle waker
-        known.update(raw for _, raw in getattr(broker, "_acks", ()))
-        known.update(raw for _, raw in acks_inflight)
+        known.update(fetcher.held())  # fetched, not yet started; or taken by an idle waker
+        known.update(broker.held())  # finished, ack not yet landed
         return known
 
     async def _sweep_orphans(self) -> None:

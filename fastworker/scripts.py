@@ -1,22 +1,46 @@
 """Named Lua scripts. redis-py's Script object loads each once (EVALSHA) and reloads it on NOSCRIPT."""
 
-# Reliable batch fetch: move up to ARGV[1] jobs from the queues into this process's in-progress
-# lists, atomically per job (LMOVE), in one round trip.
-# KEYS = queue:<q1>, <inprogress q1>, queue:<q2>, <inprogress q2>, ...
-# ARGV[2] = "" -> strict: drain the queues in the given order.
-#           else one byte per queue index (1-based) for every slot: slot i tries the queues in the
-#           order bytes[i*nq+1 .. i*nq+nq] (the per-fetch shuffled order Sidekiq's weighted mode uses).
-# Returns a flat array: queue index, job, queue index, job, ...
-FETCH = """
+# Ack, count and fetch in one round trip: what a finished batch frees is refilled by the same call.
+# 1. remove each finished job from its in-progress list (the ack);
+# 2. add the Sidekiq stat counters for them (stat:processed/failed and the per-day keys, with TTL);
+# 3. move up to ARGV[1] jobs from the queues into this process's in-progress lists, atomically per
+#    job (LMOVE), one per free concurrency token (none when ARGV[1] is 0: a bare ack flush).
+# One script instead of a pipeline: redis-py sends SCRIPT EXISTS before every pipeline that holds a
+# script, while a bare EVALSHA loads the script only on NOSCRIPT.
+# KEYS = stat:processed, stat:processed:<day>, stat:failed, stat:failed:<day>,
+#        then queue:<q1>, <inprogress q1>, queue:<q2>, <inprogress q2>, ...
+# ARGV[1] = jobs to fetch; ARGV[2] = "" -> strict: drain the queues in the given order, else one byte
+#           per queue index (1-based) for every slot: slot i tries the queues in the order
+#           bytes[i*nq+1 .. i*nq+nq] (the per-fetch shuffled order of Sidekiq's weighted mode);
+# ARGV[3] = processed, ARGV[4] = failed, ARGV[5] = the per-day keys' TTL;
+# ARGV[6..] = acks: queue index (1-based), job, queue index, job, ...
+# Returns a flat array of what was fetched: queue index, job, queue index, job, ...
+ACK_FETCH = """
+for i = 6, #ARGV, 2 do
+  redis.call('LREM', KEYS[4 + 2 * tonumber(ARGV[i])], 1, ARGV[i+1])
+end
+local processed = tonumber(ARGV[3])
+if processed > 0 then
+  redis.call('INCRBY', KEYS[1], processed)
+  redis.call('INCRBY', KEYS[2], processed)
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+local failed = tonumber(ARGV[4])
+if failed > 0 then
+  redis.call('INCRBY', KEYS[3], failed)
+  redis.call('INCRBY', KEYS[4], failed)
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
 local n = tonumber(ARGV[1])
-local nq = #KEYS / 2
+local nq = (#KEYS - 4) / 2
 local out = {}
 local orders = ARGV[2]
+if n <= 0 then return out end
 if orders == "" then
   local got = 0
   for q = 1, nq do
     while got < n do
-      local job = redis.call('LMOVE', KEYS[2*q-1], KEYS[2*q], 'RIGHT', 'LEFT')
+      local job = redis.call('LMOVE', KEYS[3 + 2*q], KEYS[4 + 2*q], 'RIGHT', 'LEFT')
       if not job then break end
       out[#out+1] = q
       out[#out+1] = job
@@ -30,7 +54,7 @@ else
     local found = false
     for i = 0, nq - 1 do
       local q = string.byte(orders, pos + i)
-      local job = redis.call('LMOVE', KEYS[2*q-1], KEYS[2*q], 'RIGHT', 'LEFT')
+      local job = redis.call('LMOVE', KEYS[3 + 2*q], KEYS[4 + 2*q], 'RIGHT', 'LEFT')
       if job then
         out[#out+1] = q
         out[#out+1] = job
@@ -95,16 +119,6 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
   n = n + 1
 end
 return n
-"""
-
-# Ack a batch: remove each finished job from its in-progress list. One command for the whole
-# batch (redis-py packs one command instead of N). KEYS = the distinct in-progress lists;
-# ARGV = key index (1-based), job, key index, job, ...
-ACK = """
-for i = 1, #ARGV, 2 do
-  redis.call('LREM', KEYS[tonumber(ARGV[i])], 1, ARGV[i+1])
-end
-return #ARGV / 2
 """
 
 # Put jobs back at the head of their queue, each only if this call removed it from its in-progress

@@ -1,4 +1,4 @@
-"""The sidecar client: one aiohttp ClientSession over a keep-alive connector sized to concurrency.
+"""The sidecar client: the sidecar protocol over keep-alive connections (sidecar_http.py).
 
 Duties:
 1. ``perform(raw, jid)``: POST /perform with the job's original bytes and ``Idempotency-Key``;
@@ -6,7 +6,9 @@ Duties:
    (connection error, timeout, 5xx, 503/429: requeue for free).
 2. ``exhausted(job, error, ...)``: POST /exhausted so Ruby runs sidekiq_retries_exhausted and the
    death handlers; returns the block's result ("discard" or None).
-3. ``health()``: GET /health, used by the breaker's half-open probe and /readyz.
+3. ``perform_batch(raws, jids)``: several jobs in one POST /perform_batch, one outcome each;
+4. ``health()``: GET /health, used by the breaker's half-open probe and /readyz; it also learns
+   what the sidecar offers (batches, how many processes serve it).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
+from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeout
 
 _JSON = "application/json"
 
@@ -42,6 +45,11 @@ class Failed:
     class_retry: Any  # the class's sidekiq_options retry, reported when the payload lacks "retry"
     body: dict[str, Any]
 
+    @property
+    def runtime_ms(self) -> float | None:
+        rt = self.body.get("runtime_ms")
+        return rt if isinstance(rt, (int, float)) and not isinstance(rt, bool) else None
+
 
 class BadJob(Exception):
     """The sidecar says the body is not a runnable job (400)."""
@@ -60,31 +68,8 @@ class JobTimedOut(Exception):
                       None, None, None, {})
 
 
-FAST_MS = 0.5  # a class whose jobs take less than this in Ruby is batched
-BATCH_MAX = 8
-
-
-class RuntimeTable:
-    """Per job class, an exponentially weighted mean of the runtime the sidecar reports."""
-
-    __slots__ = ("_ewma",)
-
-    def __init__(self) -> None:
-        self._ewma: dict[str, float] = {}
-
-    def observe(self, klass: str, runtime_ms: float | None) -> None:
-        if runtime_ms is None:
-            return
-        old = self._ewma.get(klass)
-        self._ewma[klass] = runtime_ms if old is None else old * 0.8 + runtime_ms * 0.2
-
-    def fast(self, klass: str) -> bool:
-        value = self._ewma.get(klass)
-        return value is not None and value < FAST_MS
-
-
 def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
@@ -97,59 +82,61 @@ class SidecarClient:
     def __init__(self, base_url: str, concurrency: int, connect_timeout: float = 5.0,
                  job_timeout: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.perform_url = self.base_url + "/perform"
         self.concurrency = concurrency
         self.connect_timeout = connect_timeout
         self.job_timeout = job_timeout
-        self.session: aiohttp.ClientSession | None = None
-        self.batch_max = 1  # raised when GET /health says the sidecar accepts /perform_batch
+        self.http: SidecarHTTP | None = None
+        self.offer = Offer()  # what GET /health advertises: /perform_batch, the sidecar's processes
         # for the hang watchdog (breaker.py): the task of each /perform(_batch) awaiting its answer,
         # with when it was sent, and when the last answer of any kind arrived (monotonic)
         self.outstanding: dict[asyncio.Task[Any] | None, float] = {}
         self.last_answer = time.monotonic()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.concurrency + 4, limit_per_host=0,
-                                         keepalive_timeout=60, enable_cleanup_closed=False,
-                                         ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=self.job_timeout or None, sock_connect=self.connect_timeout,
-                                        connect=None)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-                                             json_serialize=lambda o: orjson.dumps(o).decode())
+        # room for every job's request plus the health probes beside them
+        self.http = SidecarHTTP(self.base_url, self.concurrency + 4, self.connect_timeout)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
 
-    async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes, Any]:
-        """POST on the shared session: (status, body, headers). A connection error or timeout
-        raises SidecarUnavailable. While it waits, the request counts for the hang watchdog."""
-        assert self.session is not None
+    async def _post(self, path: str, data: bytes, headers: dict[str, str]) -> Response:
+        """POST: the answer. A connection error or timeout raises SidecarUnavailable (JobTimedOut
+        past --job-timeout). While it waits, the request counts for the hang watchdog."""
+        assert self.http is not None
         task = asyncio.current_task()
         started = self.outstanding[task] = time.monotonic()
         try:
-            async with self.session.post(url, data=data, headers=headers) as resp:
-                body = await resp.read()
-                self.last_answer = time.monotonic()
-                return resp.status, body, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            if (isinstance(exc, asyncio.TimeoutError) and self.job_timeout
-                    and time.monotonic() - started >= self.job_timeout * 0.99):
+            resp = await self.http.request("POST", path, data, headers, self.job_timeout or None)
+            self.last_answer = time.monotonic()
+            return resp
+        except TransportTimeout as exc:
+            if self.job_timeout and time.monotonic() - started >= self.job_timeout * 0.99:
                 raise JobTimedOut(self.job_timeout) from exc
+            raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except TransportError as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.outstanding.pop(task, None)
+
+    async def _get(self, path: str, timeout: float) -> Response | None:
+        """GET with a timeout; None when no answer came back."""
+        if self.http is None:
+            return None
+        try:
+            return await self.http.request("GET", path, timeout=timeout)
+        except TransportError:
+            return None
 
     async def perform(self, raw: bytes, jid: str) -> Done | Failed | BadJob:
         """Done or Failed (the job raised, or ran past --job-timeout) or BadJob (400); raises
         SidecarUnavailable."""
         try:
-            status, body, headers = await self._post(self.perform_url, raw,
-                                                     {"Content-Type": _JSON, "Idempotency-Key": jid})
+            resp = await self._post("/perform", raw, {"Content-Type": _JSON, "Idempotency-Key": jid})
         except JobTimedOut as exc:
             return exc.failure()
+        status, body, headers = resp.status, resp.body, resp.headers
         if status == 200:
             return _done(body)
         if status == 422:
@@ -164,11 +151,11 @@ class SidecarClient:
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
         try:
-            status, body, headers = await self._post(
-                self.base_url + "/perform_batch", b"\n".join(raws),
-                {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
+            resp = await self._post("/perform_batch", b"\n".join(raws),
+                                    {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
         except JobTimedOut as exc:
             return [exc.failure() for _ in raws]
+        status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
         try:
@@ -203,7 +190,8 @@ class SidecarClient:
             error["stage"] = failure.body["stage"]
         payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block})
         # a hang here is a hang too: the watchdog sends the job back to its queue
-        status, body, headers = await self._post(self.base_url + "/exhausted", payload, {"Content-Type": _JSON})
+        resp = await self._post("/exhausted", payload, {"Content-Type": _JSON})
+        status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise SidecarUnavailable(f"/exhausted answered {status}: {_excerpt(body)}", status, _retry_after(headers))
         try:
@@ -221,34 +209,28 @@ class SidecarClient:
 
     async def responsive(self, timeout: float) -> bool:
         """Does GET /health get an answer, of any status (503 while draining counts), in time?"""
-        if self.session is None:
-            return False
-        try:
-            async with self.session.get(self.base_url + "/health",
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                await resp.read()
-                return True
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
+        return await self._get("/health", timeout) is not None
 
     async def health(self, timeout: float = 2.0) -> bool:
-        """GET /health; also learns whether the sidecar accepts /perform_batch."""
-        if self.session is None:
+        """GET /health answered 200; also learns what the sidecar offers."""
+        resp = await self._get("/health", timeout)
+        if resp is None or resp.status != 200:
             return False
         try:
-            async with self.session.get(self.base_url + "/health",
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    return False
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
-        try:
-            info = orjson.loads(body)
-            self.batch_max = BATCH_MAX if isinstance(info, dict) and info.get("batch") else 1
+            info = orjson.loads(resp.body)
         except ValueError:
-            self.batch_max = 1
+            info = None
+        if not isinstance(info, dict):
+            info = {}
+        self.offer.batch_max = _positive(info.get("batch_max"), MAX_BATCH) if info.get("batch") else 1
+        self.offer.processes = _positive(info.get("workers"), 1)
+        if self.http is not None:
+            self.http.processes = self.offer.processes
         return True
+
+
+def _positive(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
 
 
 def _excerpt(body: bytes, n: int = 300) -> str:

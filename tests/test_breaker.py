@@ -138,6 +138,7 @@ def test_retry_after_is_honoured_and_nothing_is_fetched_while_open(procs, rr, fs
     t_open = time.monotonic()
     if has_http_server():
         assert readyz(w) == 503
+    time.sleep(0.3)  # the answers to requests sent before it opened are logged just after it
     requeued = len(w.events("job_requeued"))
     time.sleep(1.0)
     assert len(w.events("job_requeued")) == requeued  # nothing sent while open

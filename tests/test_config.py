@@ -45,7 +45,6 @@ def test_defaults() -> None:
     assert config.environment is None
     assert (config.namespace, config.sidekiq_version) == ("", "auto")
     assert (config.poll_interval, config.heartbeat_interval, config.process_ttl) == (1.0, 5.0, 60)
-    assert (config.prefetch, config.effective_prefetch) == (0, 10)
     assert (config.max_retries, config.dead_max_jobs, config.dead_timeout) == (25, 10_000, 15_552_000)
     assert (config.breaker_threshold, config.breaker_cooldown) == (5, 10.0)
     assert (config.job_timeout, config.sidecar_connect_timeout, config.poison_pill_limit) == (0.0, 5.0, 3)
@@ -59,13 +58,6 @@ def test_config_is_frozen_hashable_and_normalises_lists() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.concurrency = 3  # type: ignore[misc]
     assert hash(config) == hash(Config(queues=(("a", 2), ("b", 0)), labels=("x",)))
-
-
-@pytest.mark.parametrize(
-    ("concurrency", "prefetch", "effective"), [(10, 0, 10), (100, 0, 32), (1, 0, 1), (100, 7, 7)]
-)
-def test_effective_prefetch(concurrency: int, prefetch: int, effective: int) -> None:
-    assert Config(concurrency=concurrency, prefetch=prefetch).effective_prefetch == effective
 
 
 def test_every_field_has_a_kebab_flag_and_a_fastworker_env_var() -> None:
@@ -246,7 +238,6 @@ GOOD = [
     ("poll_interval", "0.25", 0.25),
     ("heartbeat_interval", "2", 2.0),
     ("process_ttl", "30", 30),
-    ("prefetch", "4", 4),
     ("max_retries", "0", 0),
     ("dead_max_jobs", "500", 500),
     ("dead_timeout", "3600", 3600),
@@ -272,7 +263,6 @@ BAD = [
     ("poll_interval", "0", "expected a positive number of seconds, got '0'"),
     ("heartbeat_interval", "x", "expected a positive number of seconds, got 'x'"),
     ("process_ttl", "0", "expected a positive integer number of seconds, got '0'"),
-    ("prefetch", "-2", "expected a non-negative integer, got '-2'"),
     ("max_retries", "many", "expected a non-negative integer, got 'many'"),
     ("dead_max_jobs", "1e3", "expected a non-negative integer, got '1e3'"),
     ("dead_timeout", "-5", "expected a non-negative integer number of seconds, got '-5'"),

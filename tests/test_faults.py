@@ -34,6 +34,16 @@ from tests.helpers.procs import wait_until
 # -------------------------------------------------------------------------------------------------
 
 
+class FakeFetcher:
+    """What the recoverer asks of the fetch loop: the jobs it holds."""
+
+    def __init__(self) -> None:
+        self.in_hand: list[tuple[str, bytes]] = []
+
+    def held(self) -> list[bytes]:
+        return [raw for _, raw in self.in_hand]
+
+
 def fake_launcher(url: str, identity: str = "me:1:aaa", ttl: int = 60, limit: int = 3,
                   queues: tuple[str, ...] = ("default",)) -> Any:
     import redis.asyncio as aioredis
@@ -45,7 +55,7 @@ def fake_launcher(url: str, identity: str = "me:1:aaa", ttl: int = 60, limit: in
     busy: dict[str, Any] = {}
     return SimpleNamespace(config=cfg, redis=client, keys=keys, identity=identity, health=health, broker=broker,
                            stopping=False, queue_names=list(queues), metrics=None,
-                           manager=SimpleNamespace(busy=busy), fetcher=SimpleNamespace(in_hand=()))
+                           manager=SimpleNamespace(busy=busy), fetcher=FakeFetcher())
 
 
 def register_dead(r: redis.Redis, identity: str, jobs_by_queue: dict[str, list[bytes]], age: float = 120,
@@ -197,7 +207,7 @@ async def test_own_orphans_are_requeued_and_held_jobs_are_not(predis, rr, monkey
     rr.lpush(mine, orphan, running, in_hand, acking)
     L.manager.busy["t1"] = SimpleNamespace(env=SimpleNamespace(raw=running))
     L.fetcher.in_hand = [("default", in_hand)]
-    L.broker.acks_inflight = [("default", acking)]
+    monkeypatch.setattr(L.broker, "held", lambda: [acking])
     rec = Recoverer(L)
     rec._sweep_until = time.monotonic() + 60  # as after a Redis error
     await run_tick(L, rec)

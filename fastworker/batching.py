@@ -1,0 +1,97 @@
+"""Which jobs share one sidecar request, and how many requests are in flight (the batch planner).
+
+Duties:
+1. measure, on this machine: per job class, the runtime the sidecar reports; per request, its
+   overhead (the round trip minus the runtime of the jobs in it). Both are moving averages, so the
+   rule below scales with the machine instead of resting on an absolute threshold;
+2. ``batchable``: a class whose jobs take less time than one request's overhead shares requests
+   (``POST /perform_batch``): for it, one request per job costs more than the job. A class not yet
+   measured, or slower, gets a request per job, so a slow job never waits behind another one and
+   slow jobs keep Puma's thread parallelism;
+3. ``split``: the batchable jobs of one fetch go into requests of at most ``size`` jobs, chosen so
+   that at full concurrency ``LANES`` requests are in flight per sidecar process: while Ruby runs
+   one, the worker reads the answer of another and sends the next, and the two processes work at
+   the same time instead of taking turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+LANES = 2  # requests in flight per sidecar process at full concurrency
+ALPHA = 0.2  # weight of a new sample in the moving averages
+SPIKE = 4.0  # a sample counts at most this many times the current average (a GC pause, a preemption)
+MAX_BATCH = 32  # jobs per batch when the sidecar offers batches without saying how many
+
+
+class Offer:
+    """What the sidecar's GET /health advertises (kept current by the sidecar client)."""
+
+    __slots__ = ("batch_max", "processes")
+
+    def __init__(self, batch_max: int = 1, processes: int = 1) -> None:
+        self.batch_max = batch_max  # jobs per /perform_batch; 1 = no batches
+        self.processes = processes  # sidecar processes (Puma workers) behind the URL
+
+
+class BatchPlanner:
+    __slots__ = ("concurrency", "offer", "overhead", "_runtime")
+
+    def __init__(self, concurrency: int, offer: Offer) -> None:
+        self.concurrency = concurrency
+        self.offer = offer
+        self.overhead: float | None = None  # seconds per request beyond its jobs' runtime
+        self._runtime: dict[str, float] = {}  # class -> seconds
+
+    @property
+    def size(self) -> int:
+        """Jobs per batch: enough requests to keep LANES in flight per sidecar process."""
+        lanes = LANES * max(1, self.offer.processes)
+        return max(1, min(self.offer.batch_max, -(-self.concurrency // lanes)))
+
+    # -- measurements --------------------------------------------------------------------------
+
+    def observe_runtime(self, klass: str, seconds: float | None) -> None:
+        if seconds is None:
+            return
+        old = self._runtime.get(klass)
+        if old is None:
+            self._runtime[klass] = seconds
+        else:
+            self._runtime[klass] = old + ALPHA * (min(seconds, old * SPIKE) - old)
+
+    def observe_request(self, wall: float, runtimes: float) -> None:
+        """One request's round trip (``wall``) and the summed runtime of its jobs, in seconds."""
+        sample = max(0.0, wall - runtimes)
+        old = self.overhead
+        self.overhead = sample if old is None else old + ALPHA * (min(sample, old * SPIKE) - old)
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def batchable(self, klass: str) -> bool:
+        if self.offer.batch_max <= 1 or self.overhead is None:
+            return False
+        runtime = self._runtime.get(klass)
+        return runtime is not None and runtime < self.overhead
+
+    def split(self, items: Sequence[T]) -> list[list[T]]:
+        """``items`` in requests of at most ``size``, as even as possible."""
+        n = len(items)
+        if n == 0:
+            return []
+        size = self.size
+        count = -(-n // size)
+        base, extra = divmod(n, count)
+        out: list[list[T]] = []
+        start = 0
+        for i in range(count):
+            end = start + base + (1 if i < extra else 0)
+            out.append(list(items[start:end]))
+            start = end
+        return out
+
+    def runtime(self, klass: str) -> float | None:
+        return self._runtime.get(klass)

@@ -1,0 +1,280 @@
+"""HTTP/1.1 keep-alive transport to the sidecar: the smallest client that speaks what it needs.
+
+Duties:
+1. keep-alive connections to one sidecar, over TCP (``http://host:port``) or a Unix socket
+   (``unix:///path/to.sock``), opened on demand up to ``limit`` and reused;
+2. ``request(method, path, body, headers)`` -> ``Response(status, headers, body)``, reading
+   Content-Length and chunked bodies; a connection the server marks ``Connection: close``, that
+   broke, or whose request was cancelled or timed out half-way is closed, never reused;
+3. spread the requests over the sidecar's processes (Puma workers): every answer names the process
+   that wrote it (``x-fastworker-pid``), a request goes out on an idle connection to the process with
+   the fewest requests in flight, and a new connection is opened while a process the sidecar
+   advertises has none, since a keep-alive connection stays with the process that accepted it;
+4. failures are ``TransportError`` (could not connect, connection lost, timed out): the caller treats
+   them as an unavailable sidecar.
+
+Why not aiohttp's client: measured on the project's 2-core machine, one aiohttp POST costs about
+90 µs of CPU in the worker against about 7 µs for this transport, and the worker sends one request
+per batch of jobs. aiohttp still serves the worker's own endpoints (http_server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_HEAD = 64 * 1024  # a response head larger than this is not from the sidecar
+
+
+class TransportError(Exception):
+    """The request got no complete answer: connection refused, reset, closed, or timed out."""
+
+
+class TransportTimeout(TransportError):
+    """The whole request outlived its timeout (the connection was up)."""
+
+
+class Response:
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # lower-cased names
+        self.body = body
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; at most one request at a time on it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pid: str | None = None  # the sidecar process at the other end, once an answer named it
+        self.closed = False
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[Response] | None = None
+        self._head: tuple[int, dict[str, str], int] | None = None  # status, headers, body start
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(TransportError(f"connection lost: {exc}" if exc else "server closed the connection"))
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._fail(TransportError("server closed the connection"))
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._waiter is None:
+            if self._buf:  # bytes nobody asked for: the stream is out of step, drop the connection
+                self.close()
+            return
+        try:
+            response = self._parse()
+        except (ValueError, IndexError) as exc:
+            self._fail(TransportError(f"unreadable answer: {exc}"))
+            self.close()
+            return
+        if response is not None:
+            waiter, self._waiter = self._waiter, None
+            if not waiter.done():
+                waiter.set_result(response)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> asyncio.Future[Response]:
+        assert self.transport is not None and self._waiter is None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._head = None
+        self.transport.write(data)
+        return self._waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _parse(self) -> Response | None:
+        buf = self._buf
+        if self._head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise ValueError("response head too large")
+                return None
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if not parts[0].startswith("HTTP/1."):
+                raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            self._head = (int(parts[1]), headers, end + 4)
+        status, headers, start = self._head
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body, used = _dechunk(buf, start)
+            if body is None:
+                return None
+        else:
+            length = int(headers.get("content-length", "0"))
+            if len(buf) - start < length:
+                return None
+            body, used = bytes(buf[start:start + length]), start + length
+        del buf[:used]
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        pid = headers.get("x-fastworker-pid")
+        if pid:
+            self.pid = pid
+        return Response(status, headers, body)
+
+
+def _dechunk(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
+    out = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None, 0
+        size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+        pos = eol + 2
+        if size == 0:
+            end = buf.find(b"\r\n\r\n", pos - 2)  # no trailers expected: the empty line ends it
+            return (bytes(out), end + 4) if end >= 0 else (None, 0)
+        if len(buf) < pos + size + 2:
+            return None, 0
+        out += buf[pos:pos + size]
+        pos += size + 2
+
+
+class SidecarHTTP:
+    """A pool of keep-alive connections to one sidecar URL."""
+
+    def __init__(self, url: str, limit: int, connect_timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            self.unix_path: str | None = parts.path
+            self.host, self.port = "localhost", 0
+            host_header = "localhost"
+        elif parts.scheme == "http":
+            self.unix_path = None
+            self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+            host_header = parts.netloc
+        else:
+            raise ValueError(f"sidecar URL must be http:// or unix://, got {url!r}")
+        self.prefix = parts.path.rstrip("/") if parts.scheme == "http" else ""
+        self.limit = max(1, limit)
+        self.connect_timeout = connect_timeout
+        self.processes = 1  # the sidecar's processes, as /health advertises them
+        self._host_line = f"Host: {host_header}\r\n".encode("latin-1")
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._load: dict[str | None, int] = {}  # requests in flight per sidecar process
+        self._slot = asyncio.Semaphore(self.limit)
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Response:
+        """One request; raises TransportError when no complete answer came back."""
+        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), self._host_line]
+        if headers:
+            head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        data = b"".join(head) + body
+        async with self._slot:
+            conn = await self._acquire()
+            pid = conn.pid
+            self._load[pid] = self._load.get(pid, 0) + 1
+            done = False
+            try:
+                if timeout is None:
+                    response = await conn.send(data)
+                else:
+                    response = await asyncio.wait_for(conn.send(data), timeout)
+                done = True
+                return response
+            except asyncio.TimeoutError as exc:
+                raise TransportTimeout(f"no answer within {timeout:g} s") from exc
+            finally:
+                self._load[pid] -= 1
+                if done and not conn.closed:
+                    self._idle.append(conn)
+                else:  # broken, cancelled or timed out half-way: the stream is out of step
+                    self._discard(conn)
+
+    async def _acquire(self) -> _Conn:
+        idle = self._idle
+        while idle and idle[-1].closed:
+            self._discard(idle.pop())
+        if idle:
+            best = min(idle, key=lambda c: self._load.get(c.pid, 0))
+            if not self._should_grow(best):
+                idle.remove(best)
+                return best
+        return await self._open()
+
+    def _should_grow(self, best: _Conn) -> bool:
+        """Open another connection instead of reusing ``best`` (the idle connection to the least
+        loaded process): while a process the sidecar advertises has no connection yet, or another
+        process is less loaded than ``best``'s and has no idle connection. Puma's workers accept
+        new connections in preference to busy ones (wait_for_less_busy_worker)."""
+        if self.processes <= 1 or len(self._all) >= self.limit:
+            return False
+        busy = self._load.get(best.pid, 0)
+        if busy == 0:
+            return False
+        known = {c.pid for c in self._all if c.pid is not None}
+        if len(known) < self.processes:
+            return True
+        return busy > min(self._load.get(p, 0) for p in known)
+
+    async def _open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.unix_path is not None:
+                coro: Any = loop.create_unix_connection(_Conn, self.unix_path)
+            else:
+                coro = loop.create_connection(_Conn, self.host, self.port)
+            transport, conn = await asyncio.wait_for(coro, self.connect_timeout)
+        except asyncio.TimeoutError as exc:
+            raise TransportError(f"connect timed out after {self.connect_timeout:g} s") from exc
+        except OSError as exc:
+            raise TransportError(f"cannot connect: {exc}") from exc
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._all.add(conn)
+        return conn
+
+    def _discard(self, conn: _Conn) -> None:
+        conn.close()
+        self._all.discard(conn)
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def spread(self) -> dict[str, int]:
+        """Open connections per sidecar process (for tests and the startup log)."""
+        out: dict[str, int] = {}
+        for c in self._all:
+            if c.pid is not None:
+                out[c.pid] = out.get(c.pid, 0) + 1
+        return out
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            self._discard(conn)
+        self._idle.clear()
