@@ -211,7 +211,7 @@ def _url(*schemes: str) -> Callable[[object], str]:
                 raise _Bad(expected)
             if scheme == "unix":
                 if not parts.path:
-                    raise _Bad(expected, f"expected unix:///path/to/redis.sock, got {value!r}")
+                    raise _Bad(expected, f"expected unix:///path/to.sock, got {value!r}")
             elif not parts.netloc or (scheme != "redis+sentinel" and not parts.hostname):
                 raise _Bad(expected, f"expected a host in the URL, got {value!r}")
             elif scheme != "redis+sentinel":  # sentinel URLs list several host:port pairs
@@ -225,7 +225,8 @@ def _url(*schemes: str) -> Callable[[object], str]:
 
 def _sidecar_url(raw: object) -> str:
     # The client joins paths onto this ("/perform"), so a trailing slash would double up.
-    return _url("http", "https")(raw).rstrip("/")
+    # unix:///path.sock: a sidecar on the same host (a pod, a shared volume), Puma's bind unix://
+    return _url("http", "unix")(raw).rstrip("/")
 
 
 def _labels(raw: object) -> tuple[str, ...]:

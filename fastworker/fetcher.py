@@ -112,6 +112,12 @@ class Fetcher:
             await self._sleep_or_wake(0.1)
             return
         free = self.limiter.free
+        if free < self.planner.size and self.manager.fast_in_flight:
+            # fast jobs are running and will give their tokens back within a request's time:
+            # gather them for one batch instead of refilling them one request each (the jobs
+            # meanwhile stay in Redis, where any process may take them)
+            await self.limiter.wait_release()
+            return
         if self.breaker.state != "closed":
             free = 1  # half-open: probe jobs one at a time
         if self._handoff:  # jobs a waker already took: they come first
@@ -173,7 +179,7 @@ class Fetcher:
     def _start(self, batchable: list[tuple[str, Any]]) -> None:
         for group in self.planner.split(batchable):
             if len(group) == 1:
-                self.manager.spawn(*group[0])
+                self.manager.spawn(*group[0], fast=True)
             else:
                 self.manager.spawn_batch(group)
 

@@ -198,6 +198,7 @@ class Launcher:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sidecar.close()
+        await self.broker.close()
         await self.redis.aclose()
         await self.blocking_redis.aclose()
         log.info("shutdown_complete")

@@ -69,6 +69,10 @@ class Limiter:
     async def wait_free(self) -> None:
         """Return once at least one token is free (without taking it)."""
         while self.free == 0:
-            fut = asyncio.get_running_loop().create_future()
-            self._free_waiters.append(fut)
-            await fut
+            await self.wait_release()
+
+    async def wait_release(self) -> None:
+        """Return at the next release of a token."""
+        fut = asyncio.get_running_loop().create_future()
+        self._free_waiters.append(fut)
+        await fut

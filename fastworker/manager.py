@@ -3,6 +3,7 @@
 Duties:
 1. spawn a task per job (the token is already taken) and keep the busy map the heartbeat publishes;
 2. on each finish: drop it from the busy map and release its token (in the task's ``finally``);
+   count the jobs of classes that share requests while they run (the fetch loop waits for them);
 3. ``drain(deadline)``: wait for in-flight jobs to finish;
 4. ``hard_shutdown()``: requeue every job still running, byte-identical at the head of its queue,
    THEN cancel its task. The requeue comes first on purpose: a job that runs twice is better than
@@ -39,15 +40,19 @@ class Manager:
         self.broker = broker
         self.clock = clock
         self.busy: dict[str, Work] = {}
+        self.fast_in_flight = 0  # jobs of classes that share requests, started and not finished
         self._seq = 0
         self._idle: asyncio.Event | None = None
         processor.on_finished = self._finished
 
-    def spawn(self, queue: str, env: Any) -> Work:
+    def spawn(self, queue: str, env: Any, fast: bool = False) -> Work:
         """Start one job; the caller already holds a token for it."""
         self._seq += 1
         work = Work(queue, env, _base36(self._seq), self.clock.now())
         self.busy[work.tid] = work
+        if fast:
+            work.fast = True
+            self.fast_in_flight += 1
         work.task = asyncio.get_running_loop().create_task(self.processor.process(work))
         return work
 
@@ -58,8 +63,10 @@ class Manager:
         for queue, env in items:
             self._seq += 1
             work = Work(queue, env, _base36(self._seq), now)
+            work.fast = True
             self.busy[work.tid] = work
             works.append(work)
+        self.fast_in_flight += len(works)
         task = asyncio.get_running_loop().create_task(self.processor.process_batch(works))
         for w in works:
             w.task = task
@@ -67,6 +74,8 @@ class Manager:
 
     def _finished(self, work: Work) -> None:
         if self.busy.pop(work.tid, None) is not None:
+            if work.fast:
+                self.fast_in_flight -= 1
             self.limiter.release()
         if not self.busy and self._idle is not None:
             self._idle.set()

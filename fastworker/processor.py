@@ -30,7 +30,7 @@ from .sidecar_client import BadJob, Done, Failed, SidecarClient
 class Work:
     """One fetched job moving through the stages (Sidekiq's UnitOfWork)."""
 
-    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields")
+    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields", "fast")
 
     def __init__(self, queue: str, env: Any, tid: str, run_at: float) -> None:
         self.queue = queue
@@ -40,6 +40,7 @@ class Work:
         self.task: asyncio.Task[None] | None = None
         self.abandoned = False
         self.log_fields = b""  # its start/done lines' fields, encoded once (log.job_fields)
+        self.fast = False  # of a class that shares requests (batching.py)
 
 
 class Processor:

@@ -1,5 +1,6 @@
-"""Sub-millisecond jobs share one POST /perform_batch; slower ones keep one request each.
-Against the STUB sidecar (which offers /perform_batch unless started with --no-batch)."""
+"""Jobs that take less than a request's overhead share one POST /perform_batch; slower ones keep one
+request each. Against the STUB sidecar (which offers /perform_batch unless started with --no-batch;
+``--request-delay`` makes every request cost what it costs on a slow machine)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ def test_a_batch_never_exceeds_the_concurrency_tokens(redis_url, r, stub, worker
     ruby_json(redis_url, 'puts 500.times.map { Sidekiq::Client.push("class" => "HardJob", "args" => []) }.to_json')
     w = worker("-c", "3")
     wait_until(lambda: processed(r) >= 500, 30, what="500 jobs")
-    # with 3 tokens no request can carry more than 3 jobs: peak in-flight jobs at the stub <= 3
-    assert stub.stats()["peak"] <= 3
+    stats = stub.stats()
+    assert stats["batch_sizes"] and max(stats["batch_sizes"]) <= 3
+    assert stats["peak"] <= 3  # jobs whose requests were in flight at once, batches counted whole
     assert w.proc.poll() is None
+
+
+def test_batching_engages_on_a_slow_machine(redis_url, r, worker):
+    """A no-op job whose Ruby runtime is 0.8 ms (a slow machine) still shares requests, because a
+    request there costs more still (3 ms here): the rule is relative, not a fixed threshold."""
+    slow = StubSidecar(record=True, extra=["--request-delay", "0.003"])
+    try:
+        ruby_json(redis_url, 'puts 600.times.map { Sidekiq::Client.push("class" => "RuntimeJob", "args" => [0.8]) }.to_json')
+        worker("-c", "10", sidecar_url=slow.url)
+        wait_until(lambda: processed(r) >= 600, 30, what="600 jobs")
+        sizes = slow.stats()["batch_sizes"]
+        assert sum(sizes) >= 500  # all but the first jobs, which teach the worker the class's runtime
+        assert max(sizes) <= 10
+    finally:
+        slow.stop()
+
+
+def test_slow_jobs_keep_the_full_parallelism(redis_url, r, stub, worker):
+    """Jobs slower than a request's overhead (a 300 ms sleep) each get their own request, all ten at once."""
+    ruby_json(redis_url, 'puts 20.times.map { Sidekiq::Client.push("class" => "SlowJob", "args" => [0.3]) }.to_json')
+    worker("-c", "10")
+    wait_until(lambda: stub.stats()["in_flight"] == 10, 10, what="ten slow jobs at once")
+    wait_until(lambda: processed(r) >= 20, 20, what="20 slow jobs")
+    stats = stub.stats()
+    assert stats["batches"] == 0 and stats["peak"] == 10

@@ -225,7 +225,7 @@ def test_rails_max_threads_is_the_concurrency_fallback(tmp_path: Path) -> None:
 GOOD = [
     ("concurrency", "25", 25),
     ("redis_url", "unix:///var/run/redis.sock", "unix:///var/run/redis.sock"),
-    ("sidecar_url", "https://sidecar:3443/", "https://sidecar:3443"),
+    ("sidecar_url", "unix:///run/fastworker/sidecar.sock", "unix:///run/fastworker/sidecar.sock"),
     ("http_host", "127.0.0.1", "127.0.0.1"),
     ("http_port", "0", 0),
     ("timeout", "7.5", 7.5),
@@ -331,7 +331,7 @@ def test_redis_url_schemes_accepted(url: str) -> None:
         ("http://h:6379", f"{REDIS_SCHEMES}, got 'http://h:6379'"),
         ("localhost:6379", f"{REDIS_SCHEMES}, got 'localhost:6379'"),
         ("redis://", "expected a host in the URL, got 'redis://'"),
-        ("unix://", "expected unix:///path/to/redis.sock, got 'unix://'"),
+        ("unix://", "expected unix:///path/to.sock, got 'unix://'"),
         ("redis://h:port/0", f"{REDIS_SCHEMES}, got 'redis://h:port/0' (bad port)"),
     ],
 )
@@ -341,7 +341,7 @@ def test_redis_url_rejected(url: str, message: str) -> None:
 
 
 def test_sidecar_url_rejected() -> None:
-    assert error_of(["--sidecar-url", "ftp://x"]) == "--sidecar-url: expected a URL with scheme http://, https://, got 'ftp://x'"
+    assert error_of(["--sidecar-url", "ftp://x"]) == "--sidecar-url: expected a URL with scheme http://, unix://, got 'ftp://x'"
     assert error_of(["--sidecar-url", "http://"]) == "--sidecar-url: expected a host in the URL, got 'http://'"
 
 

@@ -10,10 +10,13 @@ Behaviour by the job's class:
   LongMessageJob -> 422 whose message is 20,000 characters (non-ASCII, astral and U+FFFD mixed)
   BadBytesJob   -> 422 whose body carries invalid UTF-8 bytes in the message (not what Ruby sends)
   NoSuch*       -> 422 NameError "uninitialized constant ...", stage "global" (an unknown class)
+  RuntimeJob    -> 200, reporting args[0] milliseconds as its Ruby runtime (a slow machine's no-op job)
   anything else -> 200
 A job with a "wrapped" class (ActiveJob) behaves as its wrapped class (FailJob wrapped fails).
-Admin: GET /_stats -> {"count", "peak", "in_flight", "records": [{"jid", "raw", "t", "key"}]} (records
-only with --record); POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
+--request-delay S adds S seconds to every /perform and /perform_batch request (a slow machine's
+per-request overhead: HTTP, Rack, JSON).
+Admin: GET /_stats -> {"count", "peak", "in_flight", "batches", "batch_sizes", "records": [{"jid", "raw",
+"t", "key"}]} (records only with --record); peak counts jobs whose requests are in flight at once; POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
 {"status": null} restores it. POST /_reset clears the records. /exhausted calls are recorded too.
 Run: python tests/helpers/stub_sidecar.py --port 3999 [--record]
 """
@@ -39,9 +42,16 @@ class Stub:
         self.mode_status: int | None = None
         self.retry_after: float | None = None
         self.batches = 0
+        self.batch_sizes: list[int] = []
         self.batch = True
+        self.request_delay = 0.0
 
     async def perform(self, request: web.Request) -> web.Response:
+        if self.request_delay:
+            await asyncio.sleep(self.request_delay)
+        return await self._perform(request)
+
+    async def _perform(self, request: web.Request | _FakeRequest) -> web.Response:
         raw = await request.read()
         if self.mode_status is not None:
             headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
@@ -78,6 +88,8 @@ class Stub:
                         "retry_in": retry_in}
                 return web.Response(status=422, body=orjson.dumps(body), content_type="application/json")
             runtime_ms = (time.perf_counter() - t0) * 1000
+            if klass == "RuntimeJob":
+                runtime_ms = float(args[0])
             return web.Response(body=orjson.dumps({"status": "done", "runtime_ms": runtime_ms}),
                                 content_type="application/json")
         finally:
@@ -87,11 +99,22 @@ class Stub:
         """Runs each line as its own /perform and answers one result object per job."""
         if self.mode_status is not None:
             return web.Response(status=self.mode_status, body=b'{"status":"unavailable"}')
+        if self.request_delay:
+            await asyncio.sleep(self.request_delay)
         out = []
         self.batches += 1
         keys = request.headers.get("Idempotency-Keys", "").split(",")
-        for i, line in enumerate((await request.read()).split(b"\n")):
-            resp = await self.perform(_FakeRequest(line, keys[i] if i < len(keys) else None))
+        lines = (await request.read()).split(b"\n")
+        self.batch_sizes.append(len(lines))
+        # the whole batch is in flight until it is answered: it holds that many of the worker's
+        # tokens (each item adds itself while it runs)
+        self.in_flight += len(lines) - 1
+        try:
+            items = [await self._perform(_FakeRequest(line, keys[i] if i < len(keys) else None))
+                     for i, line in enumerate(lines)]
+        finally:
+            self.in_flight -= len(lines) - 1
+        for resp in items:
             item = orjson.loads(resp.body)
             if resp.status == 400:
                 item = {"status": "bad_request", "error": item.get("error")}
@@ -109,7 +132,7 @@ class Stub:
                             content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches, "in_flight": self.in_flight,
+        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches, "batch_sizes": self.batch_sizes, "in_flight": self.in_flight,
                                                "records": self.records, "exhausted": self.exhausted_calls}),
                             content_type="application/json")
 
@@ -124,6 +147,8 @@ class Stub:
         self.exhausted_calls.clear()
         self.count = 0
         self.peak = 0
+        self.batches = 0
+        self.batch_sizes.clear()
         return web.Response(body=b"{}")
 
 
@@ -160,9 +185,10 @@ class _FakeRequest:
         return self._raw
 
 
-def make_app(record: bool, batch: bool = True) -> web.Application:
+def make_app(record: bool, batch: bool = True, request_delay: float = 0.0) -> web.Application:
     stub = Stub(record)
     stub.batch = batch
+    stub.request_delay = request_delay
     app = web.Application()
     app.router.add_post("/perform", stub.perform)
     app.router.add_post("/perform_batch", stub.perform_batch)
@@ -179,13 +205,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--no-batch", action="store_true", help="do not offer /perform_batch")
+    ap.add_argument("--request-delay", type=float, default=0.0, help="seconds added to every job request")
     args = ap.parse_args()
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(args.record, not args.no_batch), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(make_app(args.record, not args.no_batch, args.request_delay), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":
