@@ -84,21 +84,33 @@ module Fastworker
         raise Payload::Invalid, "more than #{BATCH_LIMIT} jobs in one batch" if lines.size > BATCH_LIMIT
 
         keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
-        items = lines.each_with_index.map { |raw, i| batch_item(raw, keys[i]) }
-        Result.json(200, "done", items)
+        Result.json_text(200, "done", run_batch(lines, keys))
       end
 
-      def batch_item(raw, key)
-        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        result = begin
-          @executor.call(Payload.parse_job(raw), raw, idempotency_key: key)
-        rescue Payload::Invalid => e
-          Result.bad_request(e.message)
+      # The jobs one after the other; the answer's JSON array is written as they finish, and
+      # each job's outcome and time (from the end of the previous one) go to a Tally folded
+      # into the metrics once.
+      def run_batch(lines, keys)
+        out = +"["
+        tally = Metrics::Tally.new
+        mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        @executor.batch do |runner|
+          lines.each_with_index do |raw, i|
+            result = begin
+              runner.call(Payload.parse_job(raw), raw, keys[i])
+            rescue Payload::Invalid => e
+              Result.bad_request(e.message)
+            end
+            now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            tally.add(result.outcome, now - mark)
+            mark = now
+            out << "," unless i.zero?
+            result.write_batch_item(out)
+          end
         end
-        @metrics.observe("perform_batch", result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
-        item = result.body.merge("status" => result.body["status"] || result.outcome)
-        item["reason"] = item["error"] if result.outcome == "unavailable"
-        item
+        out << "]"
+      ensure
+        @metrics.record("perform_batch", tally) if tally
       end
 
       def exhausted(env)
