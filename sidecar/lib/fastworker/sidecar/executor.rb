@@ -22,12 +22,18 @@ module Fastworker
     #    the exception is alive), then Sidekiq's error handlers with Sidekiq's context hash.
     # 6. Admission: take a Drain slot (or answer 503), always give it back, and never let a
     #    late Sidekiq::Shutdown (raised by a hard stop just as the job finished) escape into Puma.
+    # 7. Batches: the same steps per job, one job after the other on one thread (#batch).
+    # The reloader, job logger and middleware chain are looked up once (see Setup); what runs
+    # per job is what Sidekiq's Processor runs per job.
     class Executor
       # What every job runs inside, resolved once, on the first admitted job: by then the app
       # has booted and its `configure_server` blocks (reloader, middleware) have run, which is
       # not yet true when the Executor is built. Sidekiq's Processor also resolves its
       # reloader and job logger once, when it is created.
       Setup = Struct.new(:reloader, :job_logger, :middleware, :job_log, :context_setter)
+      # Built once: Thread.handle_interrupt would otherwise get a new Hash per job.
+      DEFER_SHUTDOWN = {::Sidekiq::Shutdown => :never}.freeze
+      TAKE_SHUTDOWN = {::Sidekiq::Shutdown => :immediate}.freeze
 
       def initialize(drain)
         @drain = drain
@@ -57,7 +63,7 @@ module Fastworker
       # takes it inside `execute`: everywhere else here the interrupt is deferred, and one that
       # arrives after `execute` returned is swallowed so the job's own result stands.
       def shutdown_deferred
-        Thread.handle_interrupt(::Sidekiq::Shutdown => :never) { yield }
+        Thread.handle_interrupt(DEFER_SHUTDOWN) { yield }
       rescue ::Sidekiq::Shutdown
         # Arrived after the job had finished: its own result stands.
       end
@@ -75,7 +81,7 @@ module Fastworker
         return Result.unavailable(admission, job["jid"]) unless admission == :ok
 
         begin
-          Thread.handle_interrupt(::Sidekiq::Shutdown => :immediate) do
+          Thread.handle_interrupt(TAKE_SHUTDOWN) do
             execute(job, raw, idempotency_key)
           end
         ensure
