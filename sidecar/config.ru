@@ -6,6 +6,7 @@
 # extra Puma threads for /health and 503s). The app boots before Puma serves, so /health
 # answers 200 as soon as the port is open. On TERM the sidecar drains (503 to new /perform,
 # running jobs finish, at most FASTWORKER_SIDECAR_DRAIN_TIMEOUT seconds) before Puma stops.
+# Give Puma a long `persistent_timeout` (e.g. 3600) so idle worker connections stay open.
 $LOAD_PATH.unshift(File.expand_path("lib", __dir__))
 
 require "fastworker/sidecar"
@@ -25,4 +26,6 @@ end
 Fastworker::Sidecar::Boot.boot!(ENV.fetch("RAILS_ROOT") { Dir.pwd })
 drain.ready!
 
-run Fastworker::Sidecar::App.new(drain: drain)
+# /health reports the Puma worker count; outside Puma (or in single mode) that is 1.
+workers = (defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config) ? ::Puma.cli_config.options[:workers].to_i : 1
+run Fastworker::Sidecar::App.new(drain: drain, workers: [workers, 1].max)

@@ -84,6 +84,29 @@ class AppTest < Minitest::Test
     assert_includes text, "# TYPE fastworker_sidecar_request_duration_seconds histogram"
   end
 
+  def test_every_protocol_answer_names_the_answering_process
+    pid = Process.pid.to_s
+    mock = Rack::MockRequest.new(@app)
+    ok = JSON.generate(job("ContextJob"))
+    exhausted = JSON.generate({"job" => job("ContextJob"), "error" => {"class" => "RuntimeError", "message" => "x"}})
+    [["/perform", ok, 200], ["/perform", JSON.generate(job("FailingJob", ["x"])), 422], ["/perform", "{bad", 400],
+     ["/perform_batch", [ok, ok].join("\n"), 200], ["/perform_batch", "", 400], ["/exhausted", exhausted, 200]].each do |path, body, status|
+      response = mock.post(path, input: body)
+      assert_equal status, response.status, "#{path} #{body[0, 40]}"
+      assert_equal pid, response.headers["x-fastworker-pid"], "#{path} answering #{status}"
+    end
+    assert_equal pid, mock.get("/perform").headers["x-fastworker-pid"], "a 405 on a protocol path too"
+    @drain.begin_drain!
+    assert_equal pid, mock.post("/perform_batch", input: ok).headers["x-fastworker-pid"], "503 draining"
+  end
+
+  def test_health_reports_workers_capacity_and_batch_max
+    _, body = get("/health")
+    assert_equal [1, 4, Fastworker::Sidecar::App::BATCH_LIMIT], body.values_at("workers", "capacity", "batch_max")
+    @app = Fastworker::Sidecar::App.new(drain: @drain, workers: 3)
+    assert_equal 3, get("/health").last["workers"]
+  end
+
   def test_routing
     assert_equal 404, get("/nope").first
     assert_equal 405, get("/perform").first

@@ -67,4 +67,62 @@ class BatchTest < Minitest::Test
   ensure
     Sidekiq.server_middleware { |chain| chain.remove(drainer) }
   end
+
+  def test_done_items_are_the_bytes_json_generate_writes
+    ["0123456789abcdef01234567", "with \"quote\" and \\ / \u00e9\u2028\n", "", nil, 12].each do |jid|
+      body = {"jid" => jid, "status" => "done", "runtime_ms" => 0.012}
+      result = Fastworker::Sidecar::Result.done(jid, 0.012)
+      assert_equal JSON.generate(body), result.to_rack[2].join, jid.inspect
+      assert_equal JSON.generate(body), result.write_batch_item(+""), jid.inspect
+      assert_equal body, result.body
+    end
+    skipped = Fastworker::Sidecar::Result.done("j", 1.5, "skipped" => true)
+    assert_equal '{"jid":"j","status":"done","runtime_ms":1.5,"skipped":true}', skipped.to_rack[2].join
+  end
+
+  def test_metrics_count_and_time_each_job_of_a_batch
+    batch([job("ContextJob"), job("ContextJob"), job("FailingJob", ["x"]), "{bad"])
+    batch([job("ContextJob")])
+    _, text = get("/metrics")
+    assert_includes text, %(fastworker_sidecar_requests_total{endpoint="perform_batch",outcome="bad_request"} 1\n)
+    assert_includes text, %(fastworker_sidecar_requests_total{endpoint="perform_batch",outcome="done"} 3\n)
+    assert_includes text, %(fastworker_sidecar_requests_total{endpoint="perform_batch",outcome="failed"} 1\n)
+    assert_includes text, %(fastworker_sidecar_request_duration_seconds_bucket{endpoint="perform_batch",le="60"} 5\n)
+    assert_includes text, %(fastworker_sidecar_request_duration_seconds_count{endpoint="perform_batch"} 5\n)
+    refute_includes text, %(endpoint="perform",), "a batch counts under perform_batch only"
+  end
+
+  def test_hard_stop_interrupts_only_the_running_job_of_a_batch
+    slow = job("SlowJob", [5])
+    runner = Thread.new { batch([slow, job("ContextJob", ["after"])]) }
+    sleep 0.01 until @drain.in_flight == 1
+    assert_equal 1, @drain.interrupt_running(Sidekiq::Shutdown)
+    status, items = runner.value
+    assert_equal 200, status
+    assert_equal [%w[shutdown done], slow["jid"]], [items.map { |i| i["status"] }, items[0]["jid"]]
+    assert_equal [["after"]], Recorder[:context].map { |c| c["args"] }, "the next job ran untouched"
+    assert_equal 0, @drain.in_flight
+  end
+
+  def test_a_hard_stop_after_a_drain_leaves_the_rest_unattempted
+    runner = Thread.new { batch([job("SlowJob", [5]), job("ContextJob")]) }
+    sleep 0.01 until @drain.in_flight == 1
+    @drain.begin_drain!
+    @drain.interrupt_running(Sidekiq::Shutdown)
+    status, items = runner.value
+    assert_equal [200, %w[shutdown unavailable]], [status, items.map { |i| i["status"] }]
+    assert_empty Recorder[:context]
+  end
+
+  def test_reloader_and_middleware_are_read_after_the_app_built_them
+    app = Fastworker::Sidecar::App.new(drain: @drain) # built before the configure_server below, as at boot
+    calls = []
+    previous = Sidekiq.options[:reloader]
+    Sidekiq.options[:reloader] = proc { |&block| calls << :reloader; previous.call(&block) }
+    response = Rack::MockRequest.new(app).post("/perform_batch", input: [job("ContextJob"), job("ContextJob")].map { |j| JSON.generate(j) }.join("\n"))
+    assert_equal 200, response.status
+    assert_equal %i[reloader reloader], calls, "one reloader wrap per job, the one configured last"
+  ensure
+    Sidekiq.options[:reloader] = previous
+  end
 end

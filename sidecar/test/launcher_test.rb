@@ -51,6 +51,18 @@ class LauncherTest < Minitest::Test
     end
   end
 
+  # The x-fastworker-pid of n /perform answers on one keep-alive connection.
+  def answering_pids(n)
+    Net::HTTP.start("127.0.0.1", @port, read_timeout: 30) do |h|
+      Array.new(n) do
+        job = JSON.generate({"class" => "ContextJob", "args" => [], "jid" => SecureRandom.hex(12), "retry" => true})
+        response = h.post("/perform", job, "content-type" => "application/json")
+        assert_equal "200", response.code
+        Integer(response["x-fastworker-pid"])
+      end
+    end
+  end
+
   def perform(klass, args)
     http(:post, "/perform", JSON.generate({"class" => klass, "args" => args, "jid" => SecureRandom.hex(12), "retry" => true}))
   end
@@ -78,7 +90,8 @@ class LauncherTest < Minitest::Test
   def test_serves_jobs_and_answers_503_beyond_capacity
     start("--threads", "1")
     _, health = http(:get, "/health")
-    assert_equal [1, "ok"], [health["capacity"], health["status"]]
+    assert_equal [1, 1, "ok"], [health["capacity"], health["workers"], health["status"]]
+    assert_equal [@pid] * 3, answering_pids(3), "single mode: the launcher process answers"
     assert_equal 200, perform("ContextJob", [1]).first
     assert_equal 422, perform("NoSuchJob", []).first
     slow = Thread.new { perform("SlowJob", [1]) }
@@ -119,6 +132,11 @@ class LauncherTest < Minitest::Test
     assert_equal [200] * 6, statuses
     pids = Array.new(8) { http(:get, "/health").last["pid"] }.uniq
     refute_includes pids, @pid, "jobs run in forked workers"
+    _, health = http(:get, "/health")
+    assert_equal [2, 2], health.values_at("workers", "capacity"), "workers per sidecar, job slots per process"
+    answered = answering_pids(4)
+    assert_equal 1, answered.uniq.size, "one keep-alive connection stays with one Puma worker"
+    refute_equal @pid, answered.first
     Process.kill("TERM", @pid)
     refute_nil wait_exit(20)
   end
@@ -143,5 +161,29 @@ class LauncherTest < Minitest::Test
     out = IO.popen({"FASTWORKER_SIDECAR_THREADS" => "x"}, [RbConfig.ruby, BIN, err: [:child, :out]], &:read)
     assert_equal 64, $?.exitstatus
     assert_match(/FASTWORKER_SIDECAR_THREADS/, out)
+  end
+end
+
+# The Puma configuration the launcher builds (no process started).
+class LauncherConfigTest < Minitest::Test
+  def puma_options(*args)
+    require "puma"
+    require "puma/configuration"
+    require "fastworker/sidecar/launcher"
+    launcher = Fastworker::Sidecar::Launcher.new(["--rails-root", DUMMY_ROOT, *args], {})
+    config = launcher.send(:puma_configuration, ->(_env) { [200, {}, []] })
+    config.load
+    config.options
+  end
+
+  def test_idle_keep_alive_connections_stay_open
+    assert_equal 3600, puma_options[:persistent_timeout], "Puma's 20 s default would move a quiet worker connection"
+  end
+
+  def test_cluster_mode_preloads_the_app
+    options = puma_options("--workers", "2")
+    assert_equal 2, options[:workers]
+    assert options[:preload_app]
+    assert_equal 3600, options[:persistent_timeout]
   end
 end

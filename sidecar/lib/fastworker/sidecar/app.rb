@@ -11,18 +11,25 @@ module Fastworker
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
     # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
-    # 4. /health: 200 with versions and in-flight count once booted, 503 otherwise.
+    # 4. /health: 200 with versions, in-flight count, job slots per process, Puma worker
+    #    count and batch limit once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
+    # 6. Tag every protocol answer with `x-fastworker-pid`, so the worker can tell which Puma
+    #    worker process answered on a keep-alive connection.
     # The app is served outside the Rails middleware stack, so the reloader wraps each job once.
     class App
       TEXT_HEADERS = {"content-type" => "text/plain; version=0.0.4; charset=utf-8"}.freeze
       BATCH_LIMIT = 100
 
+      PID_HEADER = "x-fastworker-pid"
+
       attr_reader :drain, :metrics
 
-      def initialize(drain:, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new)
+      # workers: Puma worker processes serving this app (1 in single mode), for /health.
+      def initialize(drain:, workers: 1, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new)
         @drain = drain
+        @workers = workers
         @metrics = metrics
         @executor = executor
         @exhausted = exhausted
@@ -42,7 +49,13 @@ module Fastworker
       private
 
       def protocol(env, endpoint, observe: true)
-        return Result.json(405, "method_not_allowed", {"error" => "use POST"}).to_rack unless env["REQUEST_METHOD"] == "POST"
+        response = protocol_result(env, endpoint, observe) { yield }.to_rack
+        response[1][PID_HEADER] = Process.pid.to_s # read per answer: cluster workers fork after App.new
+        response
+      end
+
+      def protocol_result(env, endpoint, observe)
+        return Result.json(405, "method_not_allowed", {"error" => "use POST"}) unless env["REQUEST_METHOD"] == "POST"
 
         started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
         result = begin
@@ -54,7 +67,7 @@ module Fastworker
           Result.json(500, "error", {"status" => "error", "error" => "#{e.class}: #{e.message}"[0, 1000]})
         end
         @metrics.observe(endpoint, result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) if observe || result.status != 200
-        result.to_rack
+        result
       end
 
       def get_only(env)
@@ -84,21 +97,33 @@ module Fastworker
         raise Payload::Invalid, "more than #{BATCH_LIMIT} jobs in one batch" if lines.size > BATCH_LIMIT
 
         keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
-        items = lines.each_with_index.map { |raw, i| batch_item(raw, keys[i]) }
-        Result.json(200, "done", items)
+        Result.json_text(200, "done", run_batch(lines, keys))
       end
 
-      def batch_item(raw, key)
-        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        result = begin
-          @executor.call(Payload.parse_job(raw), raw, idempotency_key: key)
-        rescue Payload::Invalid => e
-          Result.bad_request(e.message)
+      # The jobs one after the other; the answer's JSON array is written as they finish, and
+      # each job's outcome and time (from the end of the previous one) go to a Tally folded
+      # into the metrics once.
+      def run_batch(lines, keys)
+        out = +"["
+        tally = Metrics::Tally.new
+        mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        @executor.batch do |runner|
+          lines.each_with_index do |raw, i|
+            result = begin
+              runner.call(Payload.parse_job(raw), raw, keys[i])
+            rescue Payload::Invalid => e
+              Result.bad_request(e.message)
+            end
+            now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            tally.add(result.outcome, now - mark)
+            mark = now
+            out << "," unless i.zero?
+            result.write_batch_item(out)
+          end
         end
-        @metrics.observe("perform_batch", result.outcome, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
-        item = result.body.merge("status" => result.body["status"] || result.outcome)
-        item["reason"] = item["error"] if result.outcome == "unavailable"
-        item
+        out << "]"
+      ensure
+        @metrics.record("perform_batch", tally) if tally
       end
 
       def exhausted(env)
@@ -111,7 +136,7 @@ module Fastworker
       def health
         body = {"status" => @drain.ready? ? "ok" : @drain.state.to_s, "sidekiq" => ::Sidekiq::VERSION,
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
-                "capacity" => @drain.capacity, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
+                "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
       end
 

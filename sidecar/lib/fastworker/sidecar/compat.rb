@@ -16,6 +16,7 @@ module Fastworker
     # 5. Find a retry hook block (`sidekiq_retry_in` / `sidekiq_retries_exhausted`) on the
     #    `wrapped` class first, then on the job class (Sidekiq 7.1.3+ lookup order).
     # 6. Recognise Sidekiq::Shutdown anywhere in an exception's cause chain.
+    # 7. Say which per-job steps the installed version has (`_context=`, 7.3+).
     module Compat
       PASS_THROUGH = proc { |&block| block.call }
 
@@ -121,6 +122,12 @@ module Fastworker
 
         seen[exception.object_id] = true
         shutdown?(exception.cause, seen)
+      end
+
+      # Sidekiq 7.3+ hands the job its processor as `_context` (for IterableJob's
+      # `stopping?`); older versions never call `_context=`.
+      def context_setter?
+        Gem::Version.new(::Sidekiq::VERSION) >= Gem::Version.new("7.3")
       end
 
       # Sidekiq 7.3+ IterableJob interruption: acked, neither an error nor logged.

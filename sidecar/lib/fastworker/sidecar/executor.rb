@@ -22,54 +22,101 @@ module Fastworker
     #    the exception is alive), then Sidekiq's error handlers with Sidekiq's context hash.
     # 6. Admission: take a Drain slot (or answer 503), always give it back, and never let a
     #    late Sidekiq::Shutdown (raised by a hard stop just as the job finished) escape into Puma.
+    # 7. Batches: the same steps per job, one job after the other on one thread (#batch).
+    # The reloader, job logger and middleware chain are looked up once (see Setup); what runs
+    # per job is what Sidekiq's Processor runs per job.
     class Executor
+      # What every job runs inside, resolved once, on the first admitted job: by then the app
+      # has booted and its `configure_server` blocks (reloader, middleware) have run, which is
+      # not yet true when the Executor is built. Sidekiq's Processor also resolves its
+      # reloader and job logger once, when it is created.
+      Setup = Struct.new(:reloader, :job_logger, :middleware, :job_log, :context_setter)
+      # Built once: Thread.handle_interrupt would otherwise get a new Hash per job.
+      DEFER_SHUTDOWN = {::Sidekiq::Shutdown => :never}.freeze
+      TAKE_SHUTDOWN = {::Sidekiq::Shutdown => :immediate}.freeze
+
       def initialize(drain)
         @drain = drain
+        @setup = nil
       end
 
       # Admits the job through the Drain (503 when booting, draining or at capacity), runs it,
-      # and releases its slot whatever happens. A hard stop raises Sidekiq::Shutdown only in
-      # admitted threads, and such a thread only takes it inside `execute`: everywhere else
-      # here the interrupt is deferred, and one that arrives after `execute` returned is
-      # swallowed so the job's own result stands.
+      # and releases its slot whatever happens. Returns its Result.
       def call(job, raw, idempotency_key: nil)
         result = nil
-        begin
-          Thread.handle_interrupt(::Sidekiq::Shutdown => :never) do
-            admission = @drain.admit
-            if admission == :ok
-              begin
-                result = Thread.handle_interrupt(::Sidekiq::Shutdown => :immediate) do
-                  execute(job, raw, idempotency_key)
-                end
-              ensure
-                @drain.release
-              end
-            else
-              result = Result.unavailable(admission, job["jid"])
-            end
-          end
-        rescue ::Sidekiq::Shutdown
-          # Arrived after the job had finished: its own result stands.
-        end
+        shutdown_deferred { result = run(job, raw, idempotency_key) }
         result || Result.shutdown(job["jid"])
+      end
+
+      # Several jobs on this thread: yields a runner; `runner.call(job, raw, key)` admits and
+      # runs one job as #call does and returns its Result. One deferral of Sidekiq::Shutdown
+      # covers the whole batch: a hard stop still interrupts only a running job, and one that
+      # arrives between jobs is swallowed at the end (no later job is admitted after a drain
+      # began, which a hard stop always follows).
+      def batch
+        shutdown_deferred { yield method(:run_one) }
       end
 
       private
 
-      def execute(job, raw, idempotency_key)
-        started = monotonic
-        state = {local: false, advice: nil}
-        Thread.current[IDEMPOTENCY_KEY] = (idempotency_key.nil? || idempotency_key.empty?) ? job["jid"] : idempotency_key
-        queue = job["queue"].is_a?(String) ? job["queue"] : "default"
+      # A hard stop raises Sidekiq::Shutdown only in admitted threads, and such a thread only
+      # takes it inside `execute`: everywhere else here the interrupt is deferred, and one that
+      # arrives after `execute` returned is swallowed so the job's own result stands.
+      def shutdown_deferred
+        Thread.handle_interrupt(DEFER_SHUTDOWN) { yield }
+      rescue ::Sidekiq::Shutdown
+        # Arrived after the job had finished: its own result stands.
+      end
+
+      def run_one(job, raw, idempotency_key)
+        run(job, raw, idempotency_key) || Result.shutdown(job["jid"])
+      rescue ::Sidekiq::Shutdown
+        # Escaped the job (e.g. raised in its error handlers): not attempted, requeued.
+        Result.shutdown(job["jid"])
+      end
+
+      # Inside shutdown_deferred only. nil when a Sidekiq::Shutdown ended the job.
+      def run(job, raw, idempotency_key)
+        admission = @drain.admit
+        return Result.unavailable(admission, job["jid"]) unless admission == :ok
+
         begin
-          in_logging_context(job, queue) { dispatch(job, raw, queue, state) }
-          Result.done(job["jid"], elapsed_ms(started))
+          Thread.handle_interrupt(TAKE_SHUTDOWN) do
+            execute(job, raw, idempotency_key)
+          end
+        ensure
+          @drain.release
+        end
+      end
+
+      def setup
+        @setup ||= Setup.new(Compat.reloader, Compat.job_logger, Compat.server_middleware, Sidecar.job_log?,
+          Compat.context_setter?).freeze
+      end
+
+      def execute(job, raw, idempotency_key)
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        setup = self.setup
+        jid = job["jid"]
+        state = [false, nil] # [the instance existed (stage local), the retry advice]
+        Thread.current[IDEMPOTENCY_KEY] = (idempotency_key.nil? || idempotency_key.empty?) ? jid : idempotency_key
+        queue = job["queue"]
+        queue = "default" unless queue.is_a?(String)
+        begin
+          logger = setup.job_logger
+          logger.prepare(job) do
+            if setup.job_log
+              logger.call(job, queue) { dispatch(setup, job, raw, queue, state) }
+            else
+              dispatch(setup, job, raw, queue, state)
+            end
+          end
+          Result.done(jid, elapsed_ms(started))
         rescue Exception => e # rubocop:disable Lint/RescueException -- Sidekiq's retry rescues everything
           # shutdown: not attempted as far as retries go; the worker requeues it.
-          return Result.shutdown(job["jid"]) if Compat.shutdown?(e)
+          return Result.shutdown(jid) if Compat.shutdown?(e)
           # skip (7.3+ iteration interrupt): acked, no error.
-          return Result.done(job["jid"], elapsed_ms(started), "skipped" => true) if Compat.skip?(e)
+          return Result.done(jid, elapsed_ms(started), "skipped" => true) if Compat.skip?(e)
 
           # failed: the job spends a retry; the worker decides retry or dead.
           failed(job, raw, e, state, started)
@@ -78,30 +125,23 @@ module Fastworker
         end
       end
 
-      def in_logging_context(job, queue, &block)
-        logger = Compat.job_logger
-        logger.prepare(job) do
-          Sidecar.job_log? ? logger.call(job, queue, &block) : yield
-        end
-      end
-
-      def dispatch(job, raw, queue, state)
-        Compat.reloader.call do
+      def dispatch(setup, job, raw, queue, state)
+        setup.reloader.call do
           klass = Compat.constantize(job["class"])
           instance = klass.new
           instance.jid = job["jid"]
           instance.bid = job["bid"] if instance.respond_to?(:bid=)
-          instance._context = @drain if instance.respond_to?(:_context=)
-          state[:local] = true
+          instance._context = @drain if setup.context_setter && instance.respond_to?(:_context=)
+          state[0] = true
           begin
-            Compat.server_middleware.invoke(instance, job, queue) do
+            setup.middleware.invoke(instance, job, queue) do
               instance.perform(*job["args"])
             end
           rescue Exception => e # rubocop:disable Lint/RescueException
             raise if Compat.shutdown?(e) || Compat.skip?(e)
 
             # As JobRetry#local: the hooks see a fresh parse of the original payload.
-            state[:advice] = RetryAdvice.new(Sidekiq.load_json(raw), klass).to_h(e)
+            state[1] = RetryAdvice.new(Sidekiq.load_json(raw), klass).to_h(e)
             raise
           end
         end
@@ -110,8 +150,8 @@ module Fastworker
       def failed(job, raw, exception, state, started)
         body = {"jid" => job["jid"]}
         body.merge!(ErrorReport.new(exception, job).to_h)
-        body.merge!(state[:advice] || {"retry_in" => nil, "retry" => job["retry"]})
-        body["stage"] = state[:local] ? "local" : "global"
+        body.merge!(state[1] || {"retry_in" => nil, "retry" => job["retry"]})
+        body["stage"] = state[0] ? "local" : "global"
         body["runtime_ms"] = elapsed_ms(started)
         Compat.with_app_executor do
           Compat.handle_exception(exception, {context: "Job raised exception", job: job, jobstr: raw})
@@ -120,11 +160,7 @@ module Fastworker
       end
 
       def elapsed_ms(started)
-        ((monotonic - started) * 1000).round(3)
-      end
-
-      def monotonic
-        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000).round(3)
       end
     end
   end

@@ -16,11 +16,16 @@ module Fastworker
     # 3. Single mode: listen at once and boot the app on a thread (/health says 503 until it
     #    is booted). Cluster mode (workers > 1): boot in the master and fork the booted app
     #    (preload), with connections closed before the fork.
-    # 4. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
+    # 4. Keep idle keep-alive connections open (persistent_timeout), so each worker
+    #    connection stays with the Puma worker process it first reached.
+    # 5. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
     class Launcher
       DEFAULT_THREADS = 10
       DEFAULT_PORT = 3001
       SPARE_THREADS = 2
+      # Puma closes a keep-alive connection idle for 20 s by default; the worker's reconnect
+      # could then land on another Puma worker. An hour keeps a quiet worker's connections.
+      PERSISTENT_TIMEOUT = 3600
 
       attr_reader :options
 
@@ -49,7 +54,7 @@ module Fastworker
         Sidecar.drain = drain
         Sidecar.drain_timeout = options[:drain_timeout]
         PumaDrain.install!
-        app = App.new(drain: drain)
+        app = App.new(drain: drain, workers: options[:workers])
 
         if cluster?
           boot_app(drain)
@@ -85,6 +90,7 @@ module Fastworker
           user.environment opts[:environment] || Boot.environment
           user.raise_exception_on_sigterm false # exit only once the drain is done
           user.tag "fastworker-sidecar"
+          user.persistent_timeout PERSISTENT_TIMEOUT
           user.app app
           if cluster
             user.workers opts[:workers]
