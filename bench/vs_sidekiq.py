@@ -11,12 +11,13 @@ Setups (--machine):
   --processes N sets the process / Puma worker count directly; --concurrency sets the 10.
 
 Modes:
-  throughput (default)  N no-op jobs are enqueued first with Sidekiq's client (push_bulk), then the
-      server starts. --kind worker|activejob|both and --log info|warn|both run every combination;
-      within a combination the servers run one after the other (sidekiq, fastworker, then the stub
-      with --stub) on the same job count, and a ratio line follows. Timing runs from the first
-      fetch, or with --warmup W from the moment the W warm-up jobs (enqueued ahead of the N) are
-      done, so batching is engaged before timing, to the last of the N jobs. CPU is user+sys of
+  throughput (default)  N no-op jobs are enqueued with Sidekiq's client (push_bulk) and moved
+      aside before the server starts. --kind worker|activejob|both and --log info|warn|both run
+      every combination; within one the servers run back to back on the same jobs (sidekiq,
+      fastworker, then the stub with --stub), and a ratio line follows. Once every server process
+      has written its process record, --warmup W jobs are released into the queue and run (so the
+      worker's batching is engaged), then the N jobs are released at once (RENAME); timing runs
+      from that release to the last of them. CPU is user+sys of
       every server-side process (Sidekiq; or the worker, the sidecar master and its Puma workers);
       peak RSS is the sum of their VmHWM; peak PSS is the largest sum of their Pss, sampled every
       0.5 s, which counts copy-on-write pages shared by forked Puma workers once.
@@ -144,27 +145,34 @@ class PeakPss(threading.Thread):
 
 ENQUEUE_RB = """
   Dir.chdir(ENV["BENCH_APP"]); require "./config/environment"
-  n = Integer(ENV["BENCH_JOBS"])
-  while n > 0
-    k = [n, 10_000].min
-    case ENV["BENCH_KIND"]
-    when "worker" then Sidekiq::Client.push_bulk("class" => NoopWorker, "args" => Array.new(k) { [] })
-    when "activejob"  # what ActiveJob's Sidekiq adapter pushes for NoopJob.perform_later
-      Sidekiq::Client.push_bulk("class" => ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper,
-        "wrapped" => "NoopJob", "queue" => "default", "args" => Array.new(k) { [NoopJob.new.serialize] })
-    when "latency"
-      Sidekiq::Client.push_bulk("class" => LatencyWorker,
-        "args" => Array.new(k) { [Process.clock_gettime(Process::CLOCK_REALTIME)] })
-    when "sleep" then Sidekiq::Client.push_bulk("class" => SleepWorker, "args" => Array.new(k) { [Integer(ENV["BENCH_SLEEP_MS"])] })
-    else raise "unknown kind #{ENV["BENCH_KIND"]}"
+  ENV["BENCH_BATCHES"].split.each do |batch|
+    staged, n = batch.split("="); n = Integer(n)
+    next if n.zero?
+    while n > 0
+      k = [n, 10_000].min
+      case ENV["BENCH_KIND"]
+      when "worker" then Sidekiq::Client.push_bulk("class" => NoopWorker, "args" => Array.new(k) { [] })
+      when "activejob"  # what ActiveJob's Sidekiq adapter pushes for NoopJob.perform_later
+        Sidekiq::Client.push_bulk("class" => ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper,
+          "wrapped" => "NoopJob", "queue" => "default", "args" => Array.new(k) { [NoopJob.new.serialize] })
+      when "latency"
+        Sidekiq::Client.push_bulk("class" => LatencyWorker,
+          "args" => Array.new(k) { [Process.clock_gettime(Process::CLOCK_REALTIME)] })
+      when "sleep"
+        Sidekiq::Client.push_bulk("class" => SleepWorker, "args" => Array.new(k) { [Integer(ENV["BENCH_SLEEP_MS"])] })
+      else raise "unknown kind #{ENV["BENCH_KIND"]}"
+      end
+      n -= k
     end
-    n -= k
+    Sidekiq.redis { |c| c.rename("queue:default", staged) } unless staged == "queue:default"
   end"""
 
 
-def enqueue(redis_url: str, kind: str, n: int) -> None:
+def enqueue(redis_url: str, kind: str, batches: dict[str, int]) -> None:
+    """Push each batch with Sidekiq's client, as the app would, then move it aside to the staged
+    list named by its key ("queue:default" leaves it in the queue)."""
     env = dict(os.environ, REDIS_URL=redis_url, BENCH_LOG_LEVEL="warn", BENCH_APP=str(APP), BENCH_KIND=kind,
-               BENCH_JOBS=str(n), BENCH_SLEEP_MS=str(SLOW_MS))
+               BENCH_BATCHES=" ".join(f"{k}={n}" for k, n in batches.items()), BENCH_SLEEP_MS=str(SLOW_MS))
     res = subprocess.run(["ruby", "-e", ENQUEUE_RB], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
     if res.returncode:  # redis-rb's deprecation notices on every push_bulk are noise, unless it failed
@@ -246,34 +254,42 @@ def x(num: float, den: float) -> float | None:
 
 # --- throughput --------------------------------------------------------------------------------
 
+def processed(r: redis.Redis) -> int:
+    return int(r.get("stat:processed") or 0)
+
+
+def run_batch(r: redis.Redis, name: str, staged: str, n: int) -> None:
+    """Release a staged batch of n jobs into the queue at once (RENAME wakes blocked fetches) and
+    wait until the server is through it."""
+    base = processed(r)
+    r.rename(staged, QUEUE)
+    if name == "sidekiq":
+        # Sidekiq writes stat:processed only at its 5 s heartbeat, so its progress is what left the
+        # queue (at most -c jobs per process are still running, as at the start: it cancels out)
+        wait_until(lambda: r.llen(QUEUE) == 0, 900, 0.005, "queue drained")
+    else:
+        # fastworker fetches ahead but flushes the counter as jobs finish: its progress is what finished
+        wait_until(lambda: processed(r) - base >= n, 900, 0.005, "jobs processed")
+
+
 def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
     r = redis.Redis.from_url(a.redis_url)
     r.flushdb()
-    total = a.warmup + a.jobs
-    enqueue(a.redis_url, kind, total)  # the warm-up jobs first: the queue is consumed oldest first
-    assert r.llen(QUEUE) == total
-
-    def fetched() -> int:
-        return total - r.llen(QUEUE)
-
-    def processed() -> int:
-        return int(r.get("stat:processed") or 0)
-    # Sidekiq writes stat:processed only at its 5 s heartbeat, so its progress is what left the queue
-    # (at most -c jobs in flight at either end, which cancels out). fastworker flushes the counter as
-    # jobs finish but fetches ahead, so its progress is what finished.
-    done = fetched if name == "sidekiq" else processed
+    enqueue(a.redis_url, kind, {"bench:warmup": a.warmup, "bench:timed": a.jobs})
+    assert r.llen("bench:timed") == a.jobs
     srv = Server(name, a, log)
     srv.start()
     pss = PeakPss(srv)
     try:
+        # jobs wait staged until every process is up: timing from the first fetch would count the
+        # boot of a second Sidekiq process against Sidekiq
+        srv.wait_ready(r)
         if a.warmup:
-            wait_until(lambda: done() >= a.warmup, 300, 0.001, "warm-up jobs")
-        else:
-            wait_until(lambda: fetched() > 0, 120, 0.001, "first fetch")
+            run_batch(r, name, "bench:warmup", a.warmup)
         t0 = time.monotonic()
         cpu0 = cpu_of(srv.pids())
         w0 = cpu_of([srv.worker_pid]) if srv.worker_pid else 0.0
-        wait_until(lambda: done() >= total, 900, 0.005, "all jobs")
+        run_batch(r, name, "bench:timed", a.jobs)
         elapsed = time.monotonic() - t0
         pids = srv.pids()
         cpu = cpu_of(pids) - cpu0
@@ -283,7 +299,7 @@ def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
     finally:
         srv.stop()
     res = {"server": name, "kind": kind, "log": log, "jobs": a.jobs, "warmup": a.warmup,
-           "processed": int(r.get("stat:processed") or 0), "processes": a.processes, "concurrency": a.concurrency,
+           "processed": processed(r), "processes": a.processes, "concurrency": a.concurrency,
            "jobs_per_s": round(a.jobs / elapsed), "cpu_us_per_job": round(cpu / a.jobs * 1e6, 1),
            "peak_rss_mb": round(rss, 1), "peak_pss_mb": round(peak_pss, 1)}
     if srv.worker_pid:
@@ -360,15 +376,18 @@ def latency(a: argparse.Namespace, name: str, log: str, rate: float) -> dict:
             r.delete("bench:latency")
         total = int(rate * a.seconds)
         cpu0 = cpu_of(srv.pids())
+        w0 = cpu_of([srv.worker_pid]) if srv.worker_pid else 0.0
         push_steady(r, rate, total)
         wait_until(lambda: r.llen("bench:latency") >= total, 60 + a.seconds, 0.01, "latency samples")
         cpu = cpu_of(srv.pids()) - cpu0
+        wcpu = cpu_of([srv.worker_pid]) - w0 if srv.worker_pid else 0.0
     finally:
         srv.stop()
     lags = sorted(float(v) * 1000 for v in r.lrange("bench:latency", 0, -1))
     return {"server": name, "log": log, "processes": a.processes, "rate_per_s": round(rate), "samples": len(lags),
             "p50_ms": pct(lags, 0.50), "p90_ms": pct(lags, 0.90), "p99_ms": pct(lags, 0.99), "max_ms": round(lags[-1], 2),
-            "cpu_us_per_job": round(cpu / total * 1e6, 1)}
+            "cpu_us_per_job": round(cpu / total * 1e6, 1),
+            **({"worker_cpu_us_per_job": round(wcpu / total * 1e6, 1)} if srv.worker_pid else {})}
 
 
 def latency_mode(a: argparse.Namespace) -> None:
@@ -411,10 +430,12 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 def slow(a: argparse.Namespace, name: str, log: str) -> dict:
     r = redis.Redis.from_url(a.redis_url)
     r.flushdb()
-    enqueue(a.redis_url, "sleep", SLOW_JOBS)
+    enqueue(a.redis_url, "sleep", {"bench:timed": SLOW_JOBS})
     srv = Server(name, a, log)
     srv.start()
     try:
+        srv.wait_ready(r)  # else the first Sidekiq process up takes jobs its siblings would share
+        r.rename("bench:timed", QUEUE)
         wait_until(lambda: r.llen("bench:slow") >= SLOW_JOBS, 120, 0.01, "slow jobs")
     finally:
         srv.stop()
