@@ -50,12 +50,14 @@ import argparse
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -210,24 +212,46 @@ class Server:
             self.procs.append(side)
             wait_http(f"{url}/health", 120, side)
         # one worker for the whole sidecar: its concurrency covers every Puma worker's threads
+        self.http_port = free_port()
         worker = subprocess.Popen(
             [sys.executable, "-m", "fastworker", "--redis-url", self.redis_url, "--sidecar-url", url,
-             "-c", str(self.c * self.n), "--http-port", "0", "--log-level", self.log],
+             "-c", str(self.c * self.n), "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
+             "--log-level", self.log],
             env=self.env, stdout=out, stderr=out, cwd=ROOT)
         self.procs.append(worker)
         self.worker_pid = worker.pid
 
     def wait_ready(self, r: redis.Redis) -> None:
         """Booted and fetching: each Sidekiq process, or the worker, has written its process record
-        (the sidecar answered /health before the worker started)."""
-        want = self.n if self.name == "sidekiq" else 1
+        (the sidecar answered /health before the worker started). Identities are host:pid:nonce,
+        for both servers; a record of any other process means a stray server on this Redis DB,
+        which would take jobs and spoil every count."""
+        ours = {p.pid for p in self.procs} if self.name == "sidekiq" else {self.worker_pid}
 
         def ready() -> bool:
             for p in self.procs:
                 if p.poll() is not None:
                     raise AssertionError(f"{self.name}: a process exited with {p.returncode} during boot")
-            return r.scard("processes") >= want
+            pids = {int(ident.split(b":")[-2]) for ident in r.smembers("processes")}
+            if pids - ours:
+                raise SystemExit(f"another server has a process record in {self.redis_url}: {sorted(pids - ours)}")
+            return pids == ours
         wait_until(ready, 120, 0.05, f"{self.name} process records")
+
+    def refusals(self) -> dict:
+        """From the worker's /metrics: jobs the sidecar refused (503, e.g. at capacity) and breaker
+        openings. Either one stalls the worker, so a run with them measures the stall, not the pace."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        found = {}
+        for key, pattern in (("sidecar_unavailable", r'^fastworker_sidecar_calls_total{outcome="unavailable"} (\S+)'),
+                             ("breaker_opens", r'^fastworker_breaker_transitions_total{state="open"} (\S+)')):
+            m = re.search(pattern, text, re.M)
+            found[key] = round(float(m.group(1))) if m else 0
+        return found
 
     def pids(self) -> list[int]:
         return [pid for p in self.procs for pid in tree(p.pid)]
@@ -248,8 +272,12 @@ def label(a: argparse.Namespace, *parts: str) -> str:
     return "/".join([*parts, setup])
 
 
-def x(num: float, den: float) -> float | None:
-    return round(num / den, 2) if den else None
+def ratio_of(num: float, den: float) -> float | None:
+    return round(num / den, 2) if den else None  # None: too few jobs for a CPU tick, say
+
+
+def times(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
 
 
 # --- throughput --------------------------------------------------------------------------------
@@ -276,7 +304,8 @@ def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
     r = redis.Redis.from_url(a.redis_url)
     r.flushdb()
     enqueue(a.redis_url, kind, {"bench:warmup": a.warmup, "bench:timed": a.jobs})
-    assert r.llen("bench:timed") == a.jobs
+    if r.llen("bench:timed") != a.jobs:
+        raise SystemExit(f"staged {r.llen('bench:timed')} of {a.jobs} jobs: another server on {a.redis_url}?")
     srv = Server(name, a, log)
     srv.start()
     pss = PeakPss(srv)
@@ -296,6 +325,7 @@ def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
         wcpu = cpu_of([srv.worker_pid]) - w0 if srv.worker_pid else 0.0
         rss = hwm_mb(pids)
         peak_pss = pss.finish()
+        refused = srv.refusals() if srv.worker_pid else {}
     finally:
         srv.stop()
     res = {"server": name, "kind": kind, "log": log, "jobs": a.jobs, "warmup": a.warmup,
@@ -304,7 +334,15 @@ def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
            "peak_rss_mb": round(rss, 1), "peak_pss_mb": round(peak_pss, 1)}
     if srv.worker_pid:
         res["worker_cpu_us_per_job"] = round(wcpu / a.jobs * 1e6, 1)
+        res.update(refused)
     return res
+
+
+def stalls(run: dict) -> str:
+    if not (run.get("breaker_opens") or run.get("sidecar_unavailable")):
+        return ""
+    return (f" [{run['server']}: sidecar refused {run.get('sidecar_unavailable', 0):,} jobs (503),"
+            f" breaker opened {run.get('breaker_opens', 0)}x]")
 
 
 def throughput_ratio(a: argparse.Namespace, name: str, runs: dict[str, dict]) -> tuple[dict, list[str]]:
@@ -314,22 +352,23 @@ def throughput_ratio(a: argparse.Namespace, name: str, runs: dict[str, dict]) ->
         rec[key] = {s: run[key] for s, run in runs.items() if key in run}
     lines = []
     if sk and fw:
-        rec["throughput_x"] = x(fw["jobs_per_s"], sk["jobs_per_s"])
-        rec["cpu_per_job_x"] = x(fw["cpu_us_per_job"], sk["cpu_us_per_job"])
-        rec["pss_x"] = x(fw["peak_pss_mb"], sk["peak_pss_mb"])
+        rec["throughput_x"] = ratio_of(fw["jobs_per_s"], sk["jobs_per_s"])
+        rec["cpu_per_job_x"] = ratio_of(fw["cpu_us_per_job"], sk["cpu_us_per_job"])
+        rec["pss_x"] = ratio_of(fw["peak_pss_mb"], sk["peak_pss_mb"])
         lines.append(
             f"ratio {name}: fastworker {fw['jobs_per_s']:,} jobs/s vs sidekiq {sk['jobs_per_s']:,} jobs/s"
-            f" = {rec['throughput_x']:.2f}x; CPU/job {fw['cpu_us_per_job']:.0f} vs {sk['cpu_us_per_job']:.0f} us;"
+            f" = {times(rec['throughput_x'])}; CPU/job {fw['cpu_us_per_job']:.0f} vs {sk['cpu_us_per_job']:.0f} us;"
             f" worker CPU/job {fw['worker_cpu_us_per_job']:.0f} us; peak PSS {fw['peak_pss_mb']:.0f} vs"
-            f" {sk['peak_pss_mb']:.0f} MB = {rec['pss_x']:.2f}x (summed RSS {fw['peak_rss_mb']:.0f} vs"
-            f" {sk['peak_rss_mb']:.0f} MB)")
+            f" {sk['peak_pss_mb']:.0f} MB = {times(rec['pss_x'])} (summed RSS {fw['peak_rss_mb']:.0f} vs"
+            f" {sk['peak_rss_mb']:.0f} MB){stalls(fw)}")
     if fw and st:
-        rec["worker_cpu_real_vs_stub_x"] = x(fw["worker_cpu_us_per_job"], st["worker_cpu_us_per_job"])
+        rec["worker_cpu_real_vs_stub_x"] = ratio_of(fw["worker_cpu_us_per_job"], st["worker_cpu_us_per_job"])
         line = (f"worker CPU {name}: {fw['worker_cpu_us_per_job']:.0f} us/job before the sidecar vs"
-                f" {st['worker_cpu_us_per_job']:.0f} before the stub = {rec['worker_cpu_real_vs_stub_x']:.2f}x"
+                f" {st['worker_cpu_us_per_job']:.0f} before the stub = {times(rec['worker_cpu_real_vs_stub_x'])}"
                 f" (goal <= 1.5x); stub run {st['jobs_per_s']:,} jobs/s")
         if sk:
             line += f"; sidekiq CPU/job {sk['cpu_us_per_job']:.0f} us"
+        line += stalls(fw) + stalls(st)
         lines.append(line)
     return rec, lines
 
@@ -381,13 +420,15 @@ def latency(a: argparse.Namespace, name: str, log: str, rate: float) -> dict:
         wait_until(lambda: r.llen("bench:latency") >= total, 60 + a.seconds, 0.01, "latency samples")
         cpu = cpu_of(srv.pids()) - cpu0
         wcpu = cpu_of([srv.worker_pid]) - w0 if srv.worker_pid else 0.0
+        refused = srv.refusals() if srv.worker_pid else {}
     finally:
         srv.stop()
     lags = sorted(float(v) * 1000 for v in r.lrange("bench:latency", 0, -1))
     return {"server": name, "log": log, "processes": a.processes, "rate_per_s": round(rate), "samples": len(lags),
-            "p50_ms": pct(lags, 0.50), "p90_ms": pct(lags, 0.90), "p99_ms": pct(lags, 0.99), "max_ms": round(lags[-1], 2),
+            "p50_ms": pct(lags, 0.50), "p90_ms": pct(lags, 0.90), "p99_ms": pct(lags, 0.99),
+            "max_ms": round(lags[-1], 2),
             "cpu_us_per_job": round(cpu / total * 1e6, 1),
-            **({"worker_cpu_us_per_job": round(wcpu / total * 1e6, 1)} if srv.worker_pid else {})}
+            **({"worker_cpu_us_per_job": round(wcpu / total * 1e6, 1)} if srv.worker_pid else {}), **refused}
 
 
 def latency_mode(a: argparse.Namespace) -> None:
@@ -406,12 +447,13 @@ def latency_mode(a: argparse.Namespace) -> None:
         lines = []
         fw, sk = runs.get("fastworker"), runs.get("sidekiq")
         if fw and sk:
-            rec["p50_x"], rec["p99_x"] = x(fw["p50_ms"], sk["p50_ms"]), x(fw["p99_ms"], sk["p99_ms"])
+            rec["p50_x"], rec["p99_x"] = ratio_of(fw["p50_ms"], sk["p50_ms"]), ratio_of(fw["p99_ms"], sk["p99_ms"])
 
             def ms(run: dict) -> str:
                 return f"p50 {run['p50_ms']} / p90 {run['p90_ms']} / p99 {run['p99_ms']} / max {run['max_ms']} ms"
             lines.append(f"ratio {name} at {rate:,.0f} jobs/s: fastworker {ms(fw)} vs sidekiq {ms(sk)};"
-                         f" p50 {rec['p50_x']:.2f}x, p99 {rec['p99_x']:.2f}x")
+                         f" p50 {times(rec['p50_x'])}, p99 {times(rec['p99_x'])}; CPU/job {fw['cpu_us_per_job']:.0f}"
+                         f" vs {sk['cpu_us_per_job']:.0f} us (worker {fw['worker_cpu_us_per_job']:.0f}){stalls(fw)}")
         show_ratio(a, rec, lines)
 
 
@@ -437,13 +479,15 @@ def slow(a: argparse.Namespace, name: str, log: str) -> dict:
         srv.wait_ready(r)  # else the first Sidekiq process up takes jobs its siblings would share
         r.rename("bench:timed", QUEUE)
         wait_until(lambda: r.llen("bench:slow") >= SLOW_JOBS, 120, 0.01, "slow jobs")
+        refused = srv.refusals() if srv.worker_pid else {}
     finally:
         srv.stop()
     spans = [tuple(map(float, v.split())) for v in r.lrange("bench:slow", 0, -1)]
     slots = a.concurrency * a.processes
     return {"server": name, "log": log, "jobs": SLOW_JOBS, "sleep_ms": SLOW_MS, "slots": slots,
             "wall_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 3),
-            "ideal_wall_s": round(SLOW_JOBS * SLOW_MS / 1000 / slots, 3), "max_at_once": most_at_once(spans)}
+            "ideal_wall_s": round(SLOW_JOBS * SLOW_MS / 1000 / slots, 3), "max_at_once": most_at_once(spans),
+            **refused}
 
 
 def slow_mode(a: argparse.Namespace) -> bool:
@@ -461,7 +505,7 @@ def slow_mode(a: argparse.Namespace) -> bool:
         each = "; ".join(f"{s} {run['wall_s']:.2f} s wall, {run['max_at_once']} at once" for s, run in runs.items())
         show_ratio(a, rec, [f"ratio {name}: {SLOW_JOBS} x {SLOW_MS} ms jobs on {slots} slots: {each};"
                             f" ideal {SLOW_JOBS * SLOW_MS / 1000 / slots:.2f} s; all reach {slots}:"
-                            f" {'yes' if reached else 'NO'}"])
+                            f" {'yes' if reached else 'NO'}{''.join(stalls(run) for run in runs.values())}"])
     return ok
 
 
@@ -508,6 +552,8 @@ def options() -> argparse.Namespace:
     if a.quick:
         a.kind, a.log, a.machine, a.processes = "worker", "both", "one", None
     a.jobs = a.jobs or (5_000 if a.quick else 20_000 if a.latency else 100_000)
+    if a.jobs <= 0 or a.warmup is not None and a.warmup < 0:
+        ap.error("--jobs must be positive and --warmup not negative")
     a.warmup = a.warmup if a.warmup is not None else 2_000 if a.quick else 0
     a.processes = a.processes or (CORES if a.machine == "whole" else 1)
     a.kinds = ["worker", "activejob"] if a.kind == "both" else [a.kind]
