@@ -17,7 +17,8 @@ Modes:
       fastworker, then the stub with --stub), and a ratio line follows. Once every server process
       has written its process record, --warmup W jobs are released into the queue and run (so the
       worker's batching is engaged), then the N jobs are released at once (RENAME); timing runs
-      from that release to the last of them. CPU is user+sys of
+      from that release to the last of them. --repeat R runs R such rounds, and the ratio line
+      compares each server's medians. CPU is user+sys of
       every server-side process (Sidekiq; or the worker, the sidecar master and its Puma workers);
       peak RSS is the sum of their VmHWM; peak PSS is the largest sum of their Pss, sampled every
       0.5 s, which counts copy-on-write pages shared by forked Puma workers once.
@@ -53,6 +54,7 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -356,7 +358,7 @@ def throughput_ratio(a: argparse.Namespace, name: str, runs: dict[str, dict]) ->
         rec["cpu_per_job_x"] = ratio_of(fw["cpu_us_per_job"], sk["cpu_us_per_job"])
         rec["pss_x"] = ratio_of(fw["peak_pss_mb"], sk["peak_pss_mb"])
         lines.append(
-            f"ratio {name}: fastworker {fw['jobs_per_s']:,} jobs/s vs sidekiq {sk['jobs_per_s']:,} jobs/s"
+            f"ratio {name}: fastworker {fw['jobs_per_s']:,.0f} jobs/s vs sidekiq {sk['jobs_per_s']:,.0f} jobs/s"
             f" = {times(rec['throughput_x'])}; CPU/job {fw['cpu_us_per_job']:.0f} vs {sk['cpu_us_per_job']:.0f} us;"
             f" worker CPU/job {fw['worker_cpu_us_per_job']:.0f} us; peak PSS {fw['peak_pss_mb']:.0f} vs"
             f" {sk['peak_pss_mb']:.0f} MB = {times(rec['pss_x'])} (summed RSS {fw['peak_rss_mb']:.0f} vs"
@@ -365,7 +367,7 @@ def throughput_ratio(a: argparse.Namespace, name: str, runs: dict[str, dict]) ->
         rec["worker_cpu_real_vs_stub_x"] = ratio_of(fw["worker_cpu_us_per_job"], st["worker_cpu_us_per_job"])
         line = (f"worker CPU {name}: {fw['worker_cpu_us_per_job']:.0f} us/job before the sidecar vs"
                 f" {st['worker_cpu_us_per_job']:.0f} before the stub = {times(rec['worker_cpu_real_vs_stub_x'])}"
-                f" (goal <= 1.5x); stub run {st['jobs_per_s']:,} jobs/s")
+                f" (goal <= 1.5x); stub run {st['jobs_per_s']:,.0f} jobs/s")
         if sk:
             line += f"; sidekiq CPU/job {sk['cpu_us_per_job']:.0f} us"
         line += stalls(fw) + stalls(st)
@@ -373,14 +375,28 @@ def throughput_ratio(a: argparse.Namespace, name: str, runs: dict[str, dict]) ->
     return rec, lines
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One run's record with each measured figure replaced by its median over the rounds."""
+    out = dict(runs[0])
+    for key, value in out.items():
+        if key in ("sidecar_unavailable", "breaker_opens"):
+            out[key] = max(run[key] for run in runs)  # a stall in any round must show
+        elif isinstance(value, float | int) and key not in ("jobs", "warmup", "processes", "concurrency"):
+            out[key] = statistics.median(run[key] for run in runs)
+    return out
+
+
 def throughput_mode(a: argparse.Namespace) -> None:
     for kind in a.kinds:
         for log in a.logs:
-            runs = {}
-            for name in a.server_list:
-                runs[name] = throughput(a, name, kind, log)
-                show_run(a, runs[name])
-            show_ratio(a, *throughput_ratio(a, label(a, kind, log), runs))
+            rounds: dict[str, list[dict]] = {name: [] for name in a.server_list}
+            for _ in range(a.repeat):  # servers alternate within each round, so each ratio is close in time
+                for name in a.server_list:
+                    rounds[name].append(throughput(a, name, kind, log))
+                    show_run(a, rounds[name][-1])
+            runs = {name: median_run(rs) for name, rs in rounds.items()}
+            rec, lines = throughput_ratio(a, label(a, kind, log), runs)
+            show_ratio(a, dict(rec, rounds=a.repeat), lines)
 
 
 # --- latency -----------------------------------------------------------------------------------
@@ -541,6 +557,8 @@ def options() -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=10, help="Sidekiq -c / sidecar threads per process")
     ap.add_argument("--servers", default="sidekiq,fastworker")
     ap.add_argument("--stub", action="store_true", help="also fastworker before the Python stub sidecar")
+    ap.add_argument("--repeat", type=int, default=1, help="throughput rounds per combination; the ratio line"
+                                                          " uses each server's medians")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--slow", action="store_true")
     ap.add_argument("--rate", type=rate_arg, default=500.0, help="jobs/s for --latency, or 'half' of Sidekiq's peak")
@@ -552,8 +570,8 @@ def options() -> argparse.Namespace:
     if a.quick:
         a.kind, a.log, a.machine, a.processes = "worker", "both", "one", None
     a.jobs = a.jobs or (5_000 if a.quick else 20_000 if a.latency else 100_000)
-    if a.jobs <= 0 or a.warmup is not None and a.warmup < 0:
-        ap.error("--jobs must be positive and --warmup not negative")
+    if a.jobs <= 0 or a.repeat <= 0 or a.warmup is not None and a.warmup < 0:
+        ap.error("--jobs and --repeat must be positive, --warmup not negative")
     a.warmup = a.warmup if a.warmup is not None else 2_000 if a.quick else 0
     a.processes = a.processes or (CORES if a.machine == "whole" else 1)
     a.kinds = ["worker", "activejob"] if a.kind == "both" else [a.kind]
