@@ -190,7 +190,8 @@ class Server:
     def __init__(self, name: str, a: argparse.Namespace, log: str) -> None:
         self.name, self.redis_url, self.log, self.c, self.n = name, a.redis_url, log, a.concurrency, a.processes
         self.procs: list[subprocess.Popen] = []
-        self.worker_pid: int | None = None
+        self.worker_pid: int | None = None  # the fastworker process, for its own CPU and /metrics
+        self.http_port = 0
         self.env = dict(os.environ, REDIS_URL=a.redis_url, BENCH_LOG_LEVEL=log, RAILS_ENV="production",
                         MALLOC_ARENA_MAX="2")
 
