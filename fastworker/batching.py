@@ -21,7 +21,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-LANES = 2  # requests in flight per sidecar process at full concurrency
+LANES = 1  # requests in flight per sidecar process at full concurrency
 ALPHA = 0.2  # weight of a new sample in the moving averages
 SPIKE = 4.0  # a sample counts at most this many times the current average (a GC pause, a preemption)
 MAX_BATCH = 32  # jobs per batch when the sidecar offers batches without saying how many

@@ -81,7 +81,9 @@ class Launcher:
         await self.broker.register()
         self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
         await self.sidecar.start()
-        if not await self.sidecar.health():  # also learns whether /perform_batch is there
+        if await self.sidecar.health():  # also learns whether /perform_batch is there, and its processes
+            await self.sidecar.warm()
+        else:
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
@@ -102,7 +104,8 @@ class Launcher:
         self._tasks.append(loop.create_task(self._breaker_probe()))
         self.fetch_task = loop.create_task(self.fetcher.run())
         log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
-                 sidecar_url=c.sidecar_url, core=core.IMPLEMENTATION,
+                 sidecar_url=c.sidecar_url, sidecar_processes=self.sidecar.offer.processes,
+                 sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
 
     # -- signals and remote commands ------------------------------------------------------------

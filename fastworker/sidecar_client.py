@@ -226,7 +226,17 @@ class SidecarClient:
         self.offer.processes = _positive(info.get("workers"), 1)
         if self.http is not None:
             self.http.processes = self.offer.processes
+            self.http.capacity = _positive(info.get("capacity"), 0) if "capacity" in info else 0
         return True
+
+    def connections(self) -> dict[str, int]:
+        """Open keep-alive connections per sidecar process (pid)."""
+        return self.http.spread() if self.http is not None else {}
+
+    async def warm(self, timeout: float = 2.0) -> None:
+        """Open connections to every sidecar process before the first jobs (cluster mode)."""
+        if self.http is not None:
+            await self.http.warm("/health", timeout)
 
 
 def _positive(value: Any, default: int) -> int:

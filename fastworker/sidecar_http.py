@@ -8,8 +8,10 @@ Duties:
    broke, or whose request was cancelled or timed out half-way is closed, never reused;
 3. spread the requests over the sidecar's processes (Puma workers): every answer names the process
    that wrote it (``x-fastworker-pid``), a request goes out on an idle connection to the process with
-   the fewest requests in flight, and a new connection is opened while a process the sidecar
-   advertises has none, since a keep-alive connection stays with the process that accepted it;
+   the fewest requests in flight and a free job slot (each process runs ``capacity`` at once and
+   answers 503 beyond), and a new connection is opened while a process the sidecar advertises has
+   none, since a keep-alive connection stays with the process that accepted it; ``warm`` opens and
+   identifies connections up front, so the first burst already spreads;
 4. failures are ``TransportError`` (could not connect, connection lost, timed out): the caller treats
    them as an unavailable sidecar.
 
@@ -179,6 +181,7 @@ class SidecarHTTP:
         self.limit = max(1, limit)
         self.connect_timeout = connect_timeout
         self.processes = 1  # the sidecar's processes, as /health advertises them
+        self.capacity = 0  # jobs each of them runs at once (0: not advertised)
         self._host_line = f"Host: {host_header}\r\n".encode("latin-1")
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
@@ -216,14 +219,52 @@ class SidecarHTTP:
 
     async def _acquire(self) -> _Conn:
         idle = self._idle
-        while idle and idle[-1].closed:
-            self._discard(idle.pop())
+        for conn in [c for c in idle if c.closed]:
+            self._discard(conn)
         if idle:
-            best = min(idle, key=lambda c: self._load.get(c.pid, 0))
-            if not self._should_grow(best):
+            load = self._load
+            best = min(idle, key=lambda c: load.get(c.pid, 0))
+            full = self.capacity and best.pid is not None and load.get(best.pid, 0) >= self.capacity
+            if not (full or self._should_grow(best)) or len(self._all) >= self.limit:
                 idle.remove(best)
                 return best
         return await self._open()
+
+    async def warm(self, path: str, timeout: float) -> None:
+        """Open and identify (GET ``path``) connections until every advertised process has one per
+        job slot. A new connection lands on whichever process accepts it, so this opens a few
+        rounds of them and closes the surplus of the processes that got more than their share."""
+        if self.processes <= 1:
+            return
+        per = max(self.capacity, 1)
+        for _ in range(8):
+            spread = self.spread()
+            missing = sum(max(0, per - n) for n in spread.values()) + per * max(0, self.processes - len(spread))
+            room = 2 * self.processes * per - len(self._all)
+            if missing <= 0 or room <= 0:
+                break
+            conns = [await self._open() for _ in range(min(missing, room))]
+            self._idle.extend(conns)
+            await asyncio.gather(*(self._identify(c, path, timeout) for c in conns), return_exceptions=True)
+        seen: dict[str | None, int] = {}
+        for conn in list(self._idle):
+            seen[conn.pid] = seen.get(conn.pid, 0) + 1
+            if conn.pid is None or seen[conn.pid] > per:
+                self._discard(conn)
+
+    async def _identify(self, conn: _Conn, path: str, timeout: float) -> None:
+        data = b"GET " + (self.prefix + path).encode("latin-1") + b" HTTP/1.1\r\n" + self._host_line + \
+            b"Content-Length: 0\r\n\r\n"
+        self._idle.remove(conn)
+        try:
+            await asyncio.wait_for(conn.send(data), timeout)
+        except (asyncio.TimeoutError, TransportError):
+            self._discard(conn)
+            return
+        if conn.closed:
+            self._discard(conn)
+        else:
+            self._idle.append(conn)
 
     def _should_grow(self, best: _Conn) -> bool:
         """Open another connection instead of reusing ``best`` (the idle connection to the least

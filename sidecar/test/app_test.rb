@@ -96,6 +96,7 @@ class AppTest < Minitest::Test
       assert_equal pid, response.headers["x-fastworker-pid"], "#{path} answering #{status}"
     end
     assert_equal pid, mock.get("/perform").headers["x-fastworker-pid"], "a 405 on a protocol path too"
+    assert_equal pid, mock.get("/health").headers["x-fastworker-pid"], "/health: the worker identifies its connections with it"
     @drain.begin_drain!
     assert_equal pid, mock.post("/perform_batch", input: ok).headers["x-fastworker-pid"], "503 draining"
   end

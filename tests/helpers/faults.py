@@ -101,7 +101,7 @@ import orjson
 from tests.helpers import stub_sidecar as s
 
 fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-_orig = s.Stub.perform
+_orig = s.Stub._perform  # every job, alone or in a batch
 
 class _Req:
     def __init__(self, raw, headers):
@@ -123,7 +123,7 @@ async def perform(self, request):
             os.write(fd, orjson.dumps(rec) + b"\n")  # one write per line: O_APPEND keeps lines whole
     return await _orig(self, _Req(raw, request.headers))
 
-s.Stub.perform = perform
+s.Stub._perform = perform
 sys.argv = [sys.argv[0], "--port", sys.argv[1]] + sys.argv[4:]
 s.main()
 """

@@ -15,8 +15,9 @@ module Fastworker
     #    count and batch limit once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
-    # 6. Tag every protocol answer with `x-fastworker-pid`, so the worker can tell which Puma
-    #    worker process answered on a keep-alive connection.
+    # 6. Tag every protocol answer and /health with `x-fastworker-pid`, so the worker can tell
+    #    which Puma worker process answered on a keep-alive connection (it identifies its
+    #    connections with /health before the first jobs).
     # The app is served outside the Rails middleware stack, so the reloader wraps each job once.
     class App
       TEXT_HEADERS = {"content-type" => "text/plain; version=0.0.4; charset=utf-8"}.freeze
@@ -40,7 +41,7 @@ module Fastworker
         when "/perform" then protocol(env, "perform") { perform(env) }
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
-        when "/health" then get_only(env) { health.to_rack }
+        when "/health" then get_only(env) { tag_pid(health.to_rack) }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
         else Result.json(404, "not_found", {"error" => "not found"}).to_rack
         end
@@ -49,7 +50,10 @@ module Fastworker
       private
 
       def protocol(env, endpoint, observe: true)
-        response = protocol_result(env, endpoint, observe) { yield }.to_rack
+        tag_pid(protocol_result(env, endpoint, observe) { yield }.to_rack)
+      end
+
+      def tag_pid(response)
         response[1][PID_HEADER] = Process.pid.to_s # read per answer: cluster workers fork after App.new
         response
       end

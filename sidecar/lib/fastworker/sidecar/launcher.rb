@@ -8,7 +8,7 @@ module Fastworker
     #
     # Duties:
     # 1. Read options (flag > environment > default): --rails-root/RAILS_ROOT, --port/PORT,
-    #    --bind, --threads/FASTWORKER_SIDECAR_THREADS, --workers/FASTWORKER_SIDECAR_WORKERS,
+    #    --bind or --socket/FASTWORKER_SIDECAR_SOCKET (a Unix socket), --threads/FASTWORKER_SIDECAR_THREADS, --workers/FASTWORKER_SIDECAR_WORKERS,
     #    --environment/RAILS_ENV, --drain-timeout/FASTWORKER_SIDECAR_DRAIN_TIMEOUT.
     # 2. Size Puma: `threads` job slots (the Drain's capacity) plus a few spare threads that
     #    answer /health and the 503s of requests beyond capacity, so nothing queues behind
@@ -85,7 +85,7 @@ module Fastworker
         drain_timeout = opts[:drain_timeout]
         cluster = cluster?
         ::Puma::Configuration.new({config_files: ["-"]}) do |user, _file, _default|
-          user.bind "tcp://#{opts[:bind]}:#{opts[:port]}"
+          user.bind opts[:socket] ? "unix://#{opts[:socket]}" : "tcp://#{opts[:bind]}:#{opts[:port]}"
           user.threads threads, threads
           user.environment opts[:environment] || Boot.environment
           user.raise_exception_on_sigterm false # exit only once the drain is done
@@ -119,6 +119,7 @@ module Fastworker
           rails_root: env["RAILS_ROOT"] || Dir.pwd,
           port: integer(env["PORT"], "PORT") || DEFAULT_PORT,
           bind: env["FASTWORKER_SIDECAR_BIND"] || "127.0.0.1",
+          socket: env["FASTWORKER_SIDECAR_SOCKET"],
           threads: integer(env["FASTWORKER_SIDECAR_THREADS"], "FASTWORKER_SIDECAR_THREADS") || DEFAULT_THREADS,
           workers: integer(env["FASTWORKER_SIDECAR_WORKERS"], "FASTWORKER_SIDECAR_WORKERS") || 1,
           spare_threads: integer(env["FASTWORKER_SIDECAR_SPARE_THREADS"], "FASTWORKER_SIDECAR_SPARE_THREADS") || SPARE_THREADS,
@@ -139,6 +140,7 @@ module Fastworker
           o.on("-r", "--rails-root DIR", "Rails app to boot (env RAILS_ROOT; default: current directory)") { |v| opts[:rails_root] = v }
           o.on("-p", "--port PORT", Integer, "TCP port (env PORT; default #{DEFAULT_PORT})") { |v| opts[:port] = v }
           o.on("-b", "--bind ADDR", "address to listen on (default 127.0.0.1)") { |v| opts[:bind] = v }
+          o.on("--socket PATH", "listen on this Unix socket instead of TCP (env FASTWORKER_SIDECAR_SOCKET); the worker then uses --sidecar-url unix://PATH") { |v| opts[:socket] = v }
           o.on("-t", "--threads N", Integer, "jobs per process (env FASTWORKER_SIDECAR_THREADS; default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
           o.on("-w", "--workers W", Integer, "Puma worker processes (env FASTWORKER_SIDECAR_WORKERS; default 1)") { |v| opts[:workers] = v }
           o.on("-e", "--environment ENV", "RAILS_ENV (default: RAILS_ENV or development)") { |v| opts[:environment] = v }

@@ -1,0 +1,43 @@
+"""A sidecar in cluster mode (one Puma worker per core): the worker's requests spread over the Puma
+workers, and none is refused while the other idles. The demo Rails app's PidWorker counts, per
+Puma worker process, the jobs it ran; Ruby's Sidekiq client enqueues."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import REDIS_BASE, TEST_DB
+from tests.helpers import rails
+from tests.helpers.procs import ruby_json, wait_until
+
+URL = f"{REDIS_BASE}/{TEST_DB}"
+pytestmark = [pytest.mark.rails, pytest.mark.ruby]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[rails.Sidecar]:
+    rails.prepare_db(URL)
+    s = rails.start_sidecar(URL, threads=5, workers=2)
+    yield s
+    s.stop()
+
+
+def test_jobs_spread_over_the_puma_workers_with_none_refused(redis_url, r, worker, cluster):
+    ruby_json(redis_url, 'puts 400.times.map { Sidekiq::Client.push("class" => "PidWorker", "args" => ["spread"]) }.to_json')
+    w = worker("-c", "10", sidecar_url=cluster.url)
+    wait_until(lambda: int(r.get("stat:processed") or 0) >= 400, 60, what="400 jobs")
+    per_pid = {pid.decode(): int(n) for pid, n in r.hgetall("spread").items()}
+    assert len(per_pid) == 2 and sum(per_pid.values()) == 400, per_pid
+    assert min(per_pid.values()) >= 100, per_pid  # both Puma workers took a fair share
+    assert w.events("job_requeued") == []  # no 503 at capacity from one worker while the other idled
+
+
+def test_slow_jobs_use_every_slot_of_both_puma_workers(redis_url, r, worker, cluster):
+    ruby_json(redis_url, 'puts 30.times.map { Sidekiq::Client.push("class" => "PidWorker", "args" => ["slow", 0.5]) }.to_json')
+    w = worker("-c", "10", sidecar_url=cluster.url)
+    wait_until(lambda: int(r.get("stat:processed") or 0) >= 30, 30, what="30 slow jobs")
+    per_pid = {pid.decode(): int(n) for pid, n in r.hgetall("slow").items()}
+    assert len(per_pid) == 2 and min(per_pid.values()) >= 10, per_pid
+    assert w.events("job_requeued") == []

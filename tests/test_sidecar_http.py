@@ -1,0 +1,170 @@
+"""The keep-alive HTTP/1.1 transport to the sidecar (fastworker/sidecar_http.py), against small
+raw-socket servers that answer the way Puma can: Content-Length or chunked bodies, Connection:
+close, an idle connection closed by the server, no answer at all, and several processes behind one
+address (told apart by x-fastworker-pid)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from fastworker.sidecar_http import SidecarHTTP, TransportError, TransportTimeout
+
+
+class Server:
+    """A loopback HTTP server whose answer to each request is ``reply(conn_no, request_bytes)``."""
+
+    def __init__(self, reply: Callable[[int, bytes], bytes | None]) -> None:
+        self.reply = reply
+        self.connections = 0
+        self.requests: list[tuple[int, bytes]] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, unix: str | None = None) -> str:
+        if unix:
+            self.server = await asyncio.start_unix_server(self._serve, unix)
+            return f"unix://{unix}"
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = self.connections
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                self.requests.append((n, head + body))
+                out = self.reply(n, head + body)
+                if out is None:
+                    continue  # never answers
+                if b"/slow" in head:
+                    await asyncio.sleep(0.3)
+                writer.write(out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        for w in self.writers:
+            w.close()
+        self.server.close()
+
+
+def ok(body: bytes = b"{}", extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_the_body_and_headers():
+    srv = Server(lambda n, req: ok(b'{"a":1}', "x-fastworker-pid: 11\r\n"))
+    http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    for _ in range(5):
+        resp = await http.request("POST", "/perform", b'{"jid":"x"}', {"Idempotency-Key": "x"})
+        assert (resp.status, resp.body, resp.headers["x-fastworker-pid"]) == (200, b'{"a":1}', "11")
+    assert srv.connections == 1
+    first = srv.requests[0][1]
+    assert first.startswith(b"POST /perform HTTP/1.1\r\n")
+    assert b"Idempotency-Key: x\r\n" in first and first.endswith(b'\r\n\r\n{"jid":"x"}')
+    await http.close()
+    await srv.stop()
+
+
+async def test_chunked_bodies_and_connection_close():
+    def reply(n: int, req: bytes) -> bytes:
+        if b"/chunked" in req:
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        return ok(b"bye", "connection: close\r\n")
+
+    srv = Server(reply)
+    http = SidecarHTTP(await srv.start(), limit=2, connect_timeout=1)
+    assert (await http.request("GET", "/chunked")).body == b"abcde"
+    assert (await http.request("GET", "/close")).body == b"bye"
+    assert (await http.request("GET", "/chunked")).body == b"abcde"  # on a new connection
+    assert srv.connections == 2
+    await http.close()
+    await srv.stop()
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused():
+    srv = Server(lambda n, req: ok())
+    http = SidecarHTTP(await srv.start(), limit=2, connect_timeout=1)
+    await http.request("GET", "/health")
+    for w in srv.writers:
+        w.close()  # as Puma does after persistent_timeout
+    await asyncio.sleep(0.05)
+    assert (await http.request("GET", "/health")).status == 200
+    assert srv.connections == 2
+    await http.close()
+    await srv.stop()
+
+
+async def test_refused_timed_out_and_cut_off_requests_raise_and_drop_the_connection():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    refused = SidecarHTTP(f"http://127.0.0.1:{port}", limit=1, connect_timeout=1)
+    with pytest.raises(TransportError, match="cannot connect"):
+        await refused.request("GET", "/health")
+
+    srv = Server(lambda n, req: None if b"/hang" in req else ok())
+    http = SidecarHTTP(await srv.start(), limit=2, connect_timeout=1)
+    with pytest.raises(TransportTimeout):
+        await http.request("POST", "/hang", b"x", timeout=0.2)
+    # the late answer of a timed-out request can never be read as the next one's
+    assert (await http.request("GET", "/health")).status == 200
+    assert srv.connections == 2
+
+    task = asyncio.ensure_future(http.request("POST", "/hang", b"x"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await http.request("GET", "/health")).status == 200
+    assert srv.connections == 3
+    await http.close()
+    await srv.stop()
+
+
+async def test_a_unix_socket_sidecar(tmp_path):
+    path = str(tmp_path / "sidecar.sock")
+    srv = Server(lambda n, req: ok(b"unix"))
+    http = SidecarHTTP(await srv.start(unix=path), limit=1, connect_timeout=1)
+    resp = await http.request("GET", "/health")
+    assert resp.body == b"unix"
+    assert srv.requests[0][1].startswith(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+    await http.close()
+    await srv.stop()
+    os.unlink(path)
+
+
+async def test_requests_spread_over_the_sidecar_processes():
+    """Two processes behind one address; a keep-alive connection stays with the process that
+    accepted it (here connections 1 and 2 with pid 1, later ones with pid 2). While a request runs
+    on pid 1, the next one goes to pid 2, not to the idle connection that also leads to pid 1."""
+    def reply(n: int, req: bytes) -> bytes:
+        return ok(b"{}", f"x-fastworker-pid: {1 if n <= 2 else 2}\r\n")
+
+    srv = Server(reply)
+    http = SidecarHTTP(await srv.start(), limit=8, connect_timeout=1)
+    http.processes = 2
+    await asyncio.gather(http.request("GET", "/health"), http.request("GET", "/health"))
+    assert http.spread() == {"1": 2}
+    slow = asyncio.ensure_future(http.request("POST", "/slow", b"x"))
+    await asyncio.sleep(0.05)
+    await http.request("POST", "/perform_batch", b"x")
+    assert srv.requests[-1][0] == 3 and http.spread() == {"1": 2, "2": 1}
+    await slow
+    await http.close()
+    await srv.stop()
