@@ -66,7 +66,8 @@ class AppTest < Minitest::Test
   def test_unavailable_carries_retry_after_only_when_booting_or_draining
     drain = Fastworker::Sidecar::Drain.new(capacity: 1)
     app = Fastworker::Sidecar::App.new(drain: drain)
-    response = Rack::MockRequest.new(app).post("/perform", input: JSON.generate(job("ContextJob")))
+    raw = JSON.generate(job("ContextJob"))
+    response = Rack::MockRequest.new(app).post("/perform", {input: raw}.merge(signature("POST", "/perform", raw)))
     assert_equal "1", response.headers["retry-after"]
   end
 

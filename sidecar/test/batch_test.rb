@@ -10,6 +10,7 @@ class BatchTest < Minitest::Test
     raws = payloads.map { |p| p.is_a?(String) ? p : JSON.generate(p) }
     env = {method: "POST", input: raws.join("\n"), "CONTENT_TYPE" => "application/x-ndjson"}
     env["HTTP_IDEMPOTENCY_KEYS"] = keys.join(",") if keys
+    env.merge!(signature("POST", "/perform_batch", env[:input], env["HTTP_IDEMPOTENCY_KEYS"] || ""))
     response = Rack::MockRequest.new(@app).request("POST", "/perform_batch", env)
     [response.status, parse(response.body)]
   end

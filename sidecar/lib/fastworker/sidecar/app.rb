@@ -14,14 +14,17 @@ module Fastworker
     # 4. /health: 200 with versions and in-flight count once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
+    # 6. Before any of that, the Door (size limit, signature): 413 / 401 and nothing runs.
     # The app is served outside the Rails middleware stack, so the reloader wraps each job once.
     class App
       TEXT_HEADERS = {"content-type" => "text/plain; version=0.0.4; charset=utf-8"}.freeze
-      BATCH_LIMIT = 100
+      BATCH_LIMIT = Limits::MAX_BATCH
 
       attr_reader :drain, :metrics
 
-      def initialize(drain:, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new)
+      def initialize(drain:, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new,
+        door: Door.from_env)
+        @door = door
         @drain = drain
         @metrics = metrics
         @executor = executor
@@ -29,11 +32,14 @@ module Fastworker
       end
 
       def call(env)
+        refusal = @door.call(env)
+        return refusal if refusal
+
         case env["PATH_INFO"]
         when "/perform" then protocol(env, "perform") { perform(env) }
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
-        when "/health" then get_only(env) { health.to_rack }
+        when "/health" then get_only(env) { @door.health(env, health).to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
         else Result.json(404, "not_found", {"error" => "not found"}).to_rack
         end
@@ -120,6 +126,7 @@ module Fastworker
       end
 
       def read_body(env)
+        return env[Door::BODY] if env.key?(Door::BODY) # read, bounded and verified by the Door
         input = env["rack.input"]
         return "" unless input
 
