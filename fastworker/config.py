@@ -51,7 +51,7 @@ class Config:
     concurrency: int = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
     sidecar_url: str = "http://127.0.0.1:3001"
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"  # another address needs the secret (signing.is_loopback)
     http_port: int = 9394  # 0 disables the HTTP server
     timeout: float = 25.0  # shutdown grace period, seconds
     tag: str = ""
@@ -71,6 +71,7 @@ class Config:
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
     job_timeout: float = 0.0  # 0 = no per-job timeout
+    max_job_bytes: int = 5 * 1024 * 1024  # limits.MAX_BODY: larger jobs go to the dead set unsent
     sidecar_connect_timeout: float = 5.0
     poison_pill_limit: int = 3
     config_file: str | None = None
@@ -412,6 +413,8 @@ OPTIONS: tuple[Option, ...] = (
          metavar="SECONDS", help="seconds the circuit stays open before a trial request"),
     _opt("job_timeout", "--job-timeout", parse=_float_at_least(0, "a non-negative number of seconds"),
          metavar="SECONDS", help="per-job HTTP timeout (0 = none)"),
+    _opt("max_job_bytes", "--max-job-bytes", parse=_int_at_least(1, "a positive integer number of bytes"),
+         metavar="BYTES", help="largest job sent to the sidecar; a larger one goes to the dead set, never retried"),
     _opt("sidecar_connect_timeout", "--sidecar-connect-timeout",
          parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
          help="TCP connect timeout to the sidecar"),

@@ -18,7 +18,7 @@ import asyncio
 import random
 from typing import Any, Sequence
 
-from . import core
+from . import core, limits
 from .breaker import Breaker
 from .broker import REDIS_ERRORS, Broker
 from .limiter import Limiter
@@ -136,6 +136,10 @@ class Fetcher:
         batch: list[tuple[str, Any]] = []
         batch_max = self.processor.sidecar.batch_max
         for i, (queue, raw) in enumerate(items):
+            if len(raw) > self.processor.sidecar.max_body:  # never sent: it could never run
+                await self.processor.kill_bad(queue, raw, limits.too_large(len(raw), self.processor.sidecar.max_body),
+                                              limits.TOO_LARGE_CLASS)
+                continue
             try:
                 env = core.decode_envelope(raw)
             except core.PayloadError as exc:

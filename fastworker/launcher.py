@@ -20,7 +20,7 @@ import signal
 import socket
 from typing import Any
 
-from . import core, retry
+from . import core, retry, signing
 from .breaker import Breaker
 from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
@@ -78,7 +78,9 @@ class Launcher:
         self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True)
         self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
         await self.broker.register()
-        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
+        secret = signing.load_secret(os.environ)  # checked by the CLI already (exit 2 on a bad one)
+        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout,
+                                     signing.Signer(secret) if secret else None, c.max_job_bytes)
         await self.sidecar.start()
         if not await self.sidecar.health():  # also learns whether /perform_batch is there
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)

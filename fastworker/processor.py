@@ -196,10 +196,11 @@ class Processor:
                      reason="retry disabled" if not decision.run_exhausted_block else
                      ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
 
-    async def kill_bad(self, queue: str, raw: bytes, reason: str) -> None:
+    async def kill_bad(self, queue: str, raw: bytes, reason: str,
+                       error_class: str = "Fastworker::PayloadError") -> None:
         """A payload that cannot run goes to the dead set (retry.dead_member_for), reason logged."""
         now = self.clock.now()
-        await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now), now,
+        await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now, error_class), now,
                                self.dead_max_jobs, self.dead_timeout, processed=0, failed=0)
         log.error("job_dead", queue=queue, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
         if self.metrics is not None:

@@ -7,6 +7,7 @@ Duties:
 2. ``exhausted(job, error, ...)``: POST /exhausted so Ruby runs sidekiq_retries_exhausted and the
    death handlers; returns the block's result ("discard" or None).
 3. ``health()``: GET /health, used by the breaker's half-open probe and /readyz.
+Every request carries the signature headers when a secret is set (signing.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from . import limits
 from .errors import SidecarUnavailable
 
 _JSON = "application/json"
@@ -95,8 +98,10 @@ def _retry_after(headers: Any) -> float | None:
 
 class SidecarClient:
     def __init__(self, base_url: str, concurrency: int, connect_timeout: float = 5.0,
-                 job_timeout: float = 0.0) -> None:
+                 job_timeout: float = 0.0, signer: Any = None, max_body: int = limits.MAX_BODY) -> None:
         self.base_url = base_url.rstrip("/")
+        self.signer = signer  # signing.Signer, or None when no secret is set
+        self.max_body = self.max_body_configured = max_body  # lowered to what /health advertises
         self.perform_url = self.base_url + "/perform"
         self.concurrency = concurrency
         self.connect_timeout = connect_timeout
@@ -130,7 +135,7 @@ class SidecarClient:
         task = asyncio.current_task()
         started = self.outstanding[task] = time.monotonic()
         try:
-            async with self.session.post(url, data=data, headers=headers) as resp:
+            async with self.session.post(url, data=data, headers=self._signed("POST", url, data, headers)) as resp:
                 body = await resp.read()
                 self.last_answer = time.monotonic()
                 return resp.status, body, resp.headers
@@ -154,8 +159,8 @@ class SidecarClient:
             return _done(body)
         if status == 422:
             return _failed(body)
-        if status == 400:
-            return BadJob(_excerpt(body))
+        if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
+            return BadJob(_reason(body))
         raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
 
     async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
@@ -163,6 +168,8 @@ class SidecarClient:
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
+        if sum(map(len, raws)) + len(raws) > self.max_body:  # each job fits, together they do not
+            return await limits.one_by_one(self, raws, jids)
         try:
             status, body, headers = await self._post(
                 self.base_url + "/perform_batch", b"\n".join(raws),
@@ -212,6 +219,13 @@ class SidecarClient:
             return None
         return result if result == "discard" else None
 
+    def _signed(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> dict[str, str]:
+        headers = headers or {}
+        if self.signer is None:
+            return headers
+        key = headers.get("Idempotency-Key") or headers.get("Idempotency-Keys") or ""
+        return {**headers, **self.signer.headers(method, urlsplit(url).path, body, key)}
+
     def stalled(self, after: float) -> bool:
         """A request has waited longer than ``after`` seconds and nothing at all came back meanwhile."""
         if not self.outstanding:
@@ -224,7 +238,7 @@ class SidecarClient:
         if self.session is None:
             return False
         try:
-            async with self.session.get(self.base_url + "/health",
+            async with self.session.get(self.base_url + "/health", headers=self._signed("GET", self.base_url + "/health"),
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 await resp.read()
                 return True
@@ -236,7 +250,7 @@ class SidecarClient:
         if self.session is None:
             return False
         try:
-            async with self.session.get(self.base_url + "/health",
+            async with self.session.get(self.base_url + "/health", headers=self._signed("GET", self.base_url + "/health"),
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -246,9 +260,19 @@ class SidecarClient:
         try:
             info = orjson.loads(body)
             self.batch_max = BATCH_MAX if isinstance(info, dict) and info.get("batch") else 1
+            self.max_body = limits.agreed(self.max_body_configured, info)
         except ValueError:
             self.batch_max = 1
         return True
+
+
+def _reason(body: bytes) -> str:
+    """The sidecar's own words for a refusal ({"error": ...}), else the raw excerpt."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error[:1000] if isinstance(error, str) else _excerpt(body)
 
 
 def _excerpt(body: bytes, n: int = 300) -> str:

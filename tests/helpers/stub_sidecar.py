@@ -15,6 +15,9 @@ A job with a "wrapped" class (ActiveJob) behaves as its wrapped class (FailJob w
 Admin: GET /_stats -> {"count", "peak", "in_flight", "records": [{"jid", "raw", "t", "key"}]} (records
 only with --record); POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
 {"status": null} restores it. POST /_reset clears the records. /exhausted calls are recorded too.
+With FASTWORKER_SIDECAR_SECRET(_FILE) set, /perform, /perform_batch and /exhausted verify the
+worker's signature as the real sidecar does (fastworker/signing.py): 401 and nothing recorded
+otherwise; /_stats counts the refusals ("unauthorized").
 Run: python tests/helpers/stub_sidecar.py --port 3999 [--record]
 """
 
@@ -24,8 +27,15 @@ import argparse
 import asyncio
 import time
 
+import os
+import sys
+from pathlib import Path
+
 import orjson
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fastworker import signing  # noqa: E402
 
 
 class Stub:
@@ -40,6 +50,19 @@ class Stub:
         self.retry_after: float | None = None
         self.batches = 0
         self.batch = True
+        secret = signing.load_secret(os.environ)
+        self.verifier = signing.Verifier(secret) if secret else None
+        self.unauthorized = 0
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler):  # noqa: ANN001, ANN201
+        if self.verifier is not None and request.path in ("/perform", "/perform_batch", "/exhausted"):
+            refusal = self.verifier.check(request.method, request.path, request.headers, await request.read())
+            if refusal is not None:
+                self.unauthorized += 1
+                return web.Response(status=401, body=orjson.dumps({"error": f"unauthorized: {refusal}"}),
+                                    content_type="application/json")
+        return await handler(request)
 
     async def perform(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -110,6 +133,7 @@ class Stub:
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches, "in_flight": self.in_flight,
+                                               "unauthorized": self.unauthorized,
                                                "records": self.records, "exhausted": self.exhausted_calls}),
                             content_type="application/json")
 
@@ -163,7 +187,7 @@ class _FakeRequest:
 def make_app(record: bool, batch: bool = True) -> web.Application:
     stub = Stub(record)
     stub.batch = batch
-    app = web.Application()
+    app = web.Application(middlewares=[stub.auth], client_max_size=64 * 1024 * 1024)
     app.router.add_post("/perform", stub.perform)
     app.router.add_post("/perform_batch", stub.perform_batch)
     app.router.add_post("/exhausted", stub.exhausted)
