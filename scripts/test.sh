@@ -9,6 +9,8 @@ redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || {
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   sleep 0.5
 }
+# the suite runs signed, as users run it: one fresh secret for the worker, the sidecar and the stub
+export FASTWORKER_SIDECAR_SECRET=${FASTWORKER_SIDECAR_SECRET:-$($PY -c 'import secrets; print(secrets.token_urlsafe(48))')}
 status=0
 echo "== sidecar (minitest)"
 if [ -f sidecar/Rakefile ]; then
