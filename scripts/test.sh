@@ -26,6 +26,6 @@ $PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benc
 echo "== benchmarks, short runs (figures for the log; the full runs are in README.md)"
 $PY bench/throughput.py --jobs 20000 --json || status=1
 $PY bench/vs_sidekiq.py --jobs 5000 --log warn || status=1
-echo "== pytest"
+echo "== pytest (includes the hypothesis fuzzers, tests/test_fuzz.py: FASTWORKER_FUZZ_EXAMPLES per property, default 150)"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
 exit $status

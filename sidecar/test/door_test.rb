@@ -119,4 +119,12 @@ class DoorTest < Minitest::Test
     status, body = post("/perform", deep)
     assert_equal [400, "invalid JSON: nested deeper than 100 levels"], [status, body["error"]]
   end
+
+  def test_invalid_utf8_is_a_clear_400_on_every_endpoint
+    %w[/perform /perform_batch /exhausted].each do |path|
+      status, body = post(path, "{\"class\":\"ContextJob\",\"args\":[\"\xff\xfe\"]}".b)
+      assert_equal [400, "request body is not valid UTF-8"], [status, body["error"]], path
+    end
+    assert_empty Recorder[:context]
+  end
 end

@@ -9,7 +9,7 @@ module Fastworker
     #    most one byte past the limit and never parsed.
     # 2. Signature (when a secret is set): Auth#check over the raw bytes; 401 with the reason
     #    otherwise, and nothing runs. The checked body is handed to the App (env BODY), so it
-    #    is read once.
+    #    is read once. A body that is not valid UTF-8 gets 400 here (JSON is UTF-8).
     # 3. GET /metrics needs a signature too, unless FASTWORKER_SIDECAR_OPEN_METRICS=1 (for a
     #    Prometheus scrape on a private network).
     # 4. GET /health stays open, but an unsigned caller sees only what the worker needs to
@@ -72,6 +72,10 @@ module Fastworker
           reason = @auth.check(env, body)
           return refuse(401, "unauthorized: #{reason}") if reason
         end
+        # JSON is UTF-8 (RFC 8259) and so is every payload Sidekiq writes; anything else would
+        # break string handling deep inside the App, so it stops here with a clear 400
+        return refuse(400, "request body is not valid UTF-8") unless body.valid_encoding?
+
         env[BODY] = body
         nil
       end
@@ -99,7 +103,8 @@ module Fastworker
           @logged_at = now
           Compat.logger.warn("fastworker-sidecar: refused a request (#{status}): #{reason}; #{@refused} refused so far")
         end
-        Result.json(status, status == 401 ? "unauthorized" : "too_large", {"error" => reason}).to_rack
+        outcome = {401 => "unauthorized", 413 => "too_large"}.fetch(status, "bad_request")
+        Result.json(status, outcome, {"error" => reason}).to_rack
       end
     end
   end
