@@ -45,9 +45,9 @@ def make_identity() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
-def redis_client(url: str, max_connections: int, blocking: bool = False) -> Any:
+def redis_client(url: str, max_connections: int, blocking: bool = False, tls: dict[str, str] | None = None) -> Any:
     """A redis-py asyncio client (hiredis parser when installed) for a redis:// or sentinel URL."""
-    return connect(url, max_connections=max_connections, blocking=blocking)
+    return connect(url, max_connections=max_connections, blocking=blocking, tls=tls)
 
 
 class Launcher:
@@ -74,8 +74,10 @@ class Launcher:
 
     async def start(self) -> None:
         c = self.config
-        self.redis = redis_client(c.redis_url, max_connections=16)
-        self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True)
+        tls = {"ssl_ca_certs": c.redis_ca_file, "ssl_certfile": c.redis_cert_file, "ssl_keyfile": c.redis_key_file}
+        self.redis = redis_client(c.redis_url, max_connections=16, tls=tls)
+        self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True,
+                                           tls=tls)
         self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
         await self.broker.register()
         secret = signing.load_secret(os.environ)  # checked by the CLI already (exit 2 on a bad one)
