@@ -174,7 +174,7 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
 
 
 def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float,
-                    error_class: str = "Fastworker::PayloadError") -> bytes:
+                    error_class: str | None = None) -> bytes:
     """What the dead set gets for a payload that cannot run.
 
     Invalid JSON, or an object that is not a runnable job, stays the raw string, as Sidekiq stores
@@ -182,15 +182,15 @@ def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float,
     object at all (an array, a string, a number) would make Sidekiq's API raise while listing the
     whole dead set, so it is wrapped in a job-shaped record that keeps the raw text as its only
     argument and the reason as its error message. A well-formed job that still cannot run (its
-    class is not a job, it is over the size limit) keeps its payload and gains the error fields
-    Sidekiq's retry writes, so the Web UI shows why it died.
+    class is not a job, it is over the size limit: the caller names an ``error_class``) keeps its
+    payload and gains the error fields Sidekiq's retry writes, so the Web UI shows why it died.
     """
     try:
         parsed = json.loads(raw)
     except (ValueError, RecursionError):
         return raw
     if isinstance(parsed, dict):
-        if isinstance(parsed.get("class"), str) and isinstance(parsed.get("args"), list):
+        if error_class and isinstance(parsed.get("class"), str) and isinstance(parsed.get("args"), list):
             parsed.update({"error_class": error_class, "error_message": reason[:2000], "failed_at": now})
             try:
                 return dump_job(parsed)
@@ -199,5 +199,5 @@ def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float,
         return raw
     return dump_job({"class": "Fastworker::InvalidPayload", "args": [raw.decode("utf-8", "replace")],
                      "queue": queue or "default", "jid": secrets.token_hex(12), "retry": False,
-                     "created_at": now, "failed_at": now, "error_class": error_class,
+                     "created_at": now, "failed_at": now, "error_class": error_class or "Fastworker::PayloadError",
                      "error_message": reason})

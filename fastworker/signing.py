@@ -126,7 +126,7 @@ class Verifier:
         if abs(now - ts) > self.window:
             return "stale request (timestamp outside the window)"
         while self._seen:
-            first, expires = next(iter(self._seen.items()))
+            _, expires = next(iter(self._seen.items()))
             if expires >= now:
                 break
             self._seen.popitem(last=False)
