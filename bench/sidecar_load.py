@@ -187,7 +187,10 @@ def main() -> None:
         url, pid = args.url.rstrip("/"), args.pid
     else:
         from tests.helpers.rails import start_sidecar
-        env = {"FASTWORKER_SIDECAR_JOB_LOG": "1" if args.job_log else "0", "RAILS_LOG_TO_STDOUT": ""}
+        # unsigned load (wrk cannot sign): the sidecar runs without a secret, on loopback only;
+        # the signature check costs a few microseconds per request (docs/design.md "Authentication")
+        env = {"FASTWORKER_SIDECAR_JOB_LOG": "1" if args.job_log else "0", "RAILS_LOG_TO_STDOUT": "",
+               "FASTWORKER_SIDECAR_SECRET": ""}
         sidecar = start_sidecar(args.redis_url, threads=args.threads, workers=args.workers,
                                 rails_env=args.rails_env, env=env)
         url, pid = sidecar.url, sidecar.proc.pid

@@ -4,7 +4,9 @@ Duties:
 1. Turn argv + environment (+ the ``-C`` file) into a ``Config`` (fastworker.config).
 2. Answer ``--help`` and ``--version`` (exit 0), and report a bad option as
    ``fastworker: error: <message naming the option>`` on stderr (exit 2, like argparse).
-3. Hand the Config to ``fastworker.launcher.run`` and return its exit code.
+3. Refuse to start (exit 2, naming the variable) with a bad sidecar secret, or with the HTTP
+   endpoints on a non-loopback address while no secret is set (the sidecar's rule, signing.py).
+4. Hand the Config to ``fastworker.launcher.run`` and return its exit code.
 
 The launcher (asyncio, uvloop, redis, aiohttp) is imported only after the configuration is valid,
 so ``--help`` and usage errors stay fast and never depend on those packages.
@@ -17,7 +19,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from fastworker import __version__
+from fastworker import __version__, signing
 from fastworker.config import ConfigError, build_parser, config_from_args, parse_args
 
 USAGE_ERROR = 2
@@ -36,7 +38,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             print(f"fastworker {__version__}")
             return 0
         config = config_from_args(ns, environ)
-    except ConfigError as exc:
+        secret = signing.load_secret(environ)
+        if secret is None and config.http_port and not signing.is_loopback(config.http_host):
+            raise ConfigError(f"--http-host {config.http_host}: a non-loopback address needs "
+                              f"{signing.SECRET_ENV} (or {signing.SECRET_FILE_ENV}) to be set, "
+                              f"or bind 127.0.0.1")
+    except (ConfigError, signing.SecretError) as exc:
         print(f"fastworker: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
 

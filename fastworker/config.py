@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import erb
+from .redact import redact_url
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "build_parser", "config_from_args", "load_config", "parse_args"]
 
@@ -51,7 +52,7 @@ class Config:
     concurrency: int = 10
     redis_url: str = "redis://127.0.0.1:6379/0"
     sidecar_url: str = "http://127.0.0.1:3001"
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"  # another address needs the secret (signing.is_loopback)
     http_port: int = 9394  # 0 disables the HTTP server
     timeout: float = 25.0  # shutdown grace period, seconds
     tag: str = ""
@@ -70,6 +71,10 @@ class Config:
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
     job_timeout: float = 0.0  # 0 = no per-job timeout
+    redis_ca_file: str = ""  # TLS (rediss://): the CA that signed the server's certificate
+    redis_cert_file: str = ""  # TLS client certificate, and its key
+    redis_key_file: str = ""
+    max_job_bytes: int = 5 * 1024 * 1024  # limits.MAX_BODY: larger jobs go to the dead set unsent
     sidecar_connect_timeout: float = 5.0
     poison_pill_limit: int = 3
     config_file: str | None = None
@@ -204,6 +209,7 @@ def _url(*schemes: str) -> Callable[[object], str]:
         if not isinstance(raw, str) or not raw.strip():
             raise _Bad(expected)
         value = raw.strip()
+        shown = redact_url(value)  # an error message must not carry the password
         try:
             parts = urlsplit(value)
             scheme = parts.scheme.lower()
@@ -211,13 +217,13 @@ def _url(*schemes: str) -> Callable[[object], str]:
                 raise _Bad(expected)
             if scheme == "unix":
                 if not parts.path:
-                    raise _Bad(expected, f"expected unix:///path/to.sock, got {value!r}")
+                    raise _Bad(expected, f"expected unix:///path/to.sock, got {shown!r}")
             elif not parts.netloc or (scheme != "redis+sentinel" and not parts.hostname):
-                raise _Bad(expected, f"expected a host in the URL, got {value!r}")
+                raise _Bad(expected, f"expected a host in the URL, got {shown!r}")
             elif scheme != "redis+sentinel":  # sentinel URLs list several host:port pairs
                 parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError:
-            raise _Bad(expected, f"expected {expected}, got {value!r} (bad port)") from None
+            raise _Bad(expected, f"expected {expected}, got {shown!r} (bad port)") from None
         return value
 
     return parse
@@ -367,6 +373,11 @@ OPTIONS: tuple[Option, ...] = (
          help="application environment; picks the matching section of the -C file (\"development\" if unset)"),
     _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
          env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too)"),
+    _opt("redis_ca_file", "--redis-ca-file", parse=_text, metavar="FILE",
+         help="CA certificate(s) to verify a rediss:// server (default: the system's)"),
+    _opt("redis_cert_file", "--redis-cert-file", parse=_text, metavar="FILE",
+         help="client certificate for a rediss:// server that asks for one"),
+    _opt("redis_key_file", "--redis-key-file", parse=_text, metavar="FILE", help="the client certificate's key"),
     _opt("sidecar_url", "--sidecar-url", parse=_sidecar_url, metavar="URL", help="base URL of the Rails sidecar"),
     _opt("http_host", "--http-host", parse=_nonempty_text, metavar="HOST",
          help="address for /healthz, /readyz and /metrics"),
@@ -405,6 +416,8 @@ OPTIONS: tuple[Option, ...] = (
          metavar="SECONDS", help="seconds the circuit stays open before a trial request"),
     _opt("job_timeout", "--job-timeout", parse=_float_at_least(0, "a non-negative number of seconds"),
          metavar="SECONDS", help="per-job HTTP timeout (0 = none)"),
+    _opt("max_job_bytes", "--max-job-bytes", parse=_int_at_least(1, "a positive integer number of bytes"),
+         metavar="BYTES", help="largest job sent to the sidecar; a larger one goes to the dead set, never retried"),
     _opt("sidecar_connect_timeout", "--sidecar-connect-timeout",
          parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
          help="TCP connect timeout to the sidecar"),

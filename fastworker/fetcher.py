@@ -22,7 +22,7 @@ import asyncio
 import random
 from typing import Any, Sequence
 
-from . import core
+from . import core, limits
 from .batching import BatchPlanner
 from .breaker import Breaker
 from .broker import REDIS_ERRORS, Broker
@@ -157,6 +157,10 @@ class Fetcher:
         planner = self.planner
         batch: list[tuple[str, Any]] = []
         for i, (queue, raw) in enumerate(items):
+            if len(raw) > self.processor.sidecar.max_body:  # never sent: it could never run
+                await self.processor.kill_bad(queue, raw, limits.too_large(len(raw), self.processor.sidecar.max_body),
+                                              limits.TOO_LARGE_CLASS)
+                continue
             try:
                 env = core.decode_envelope(raw)
             except core.PayloadError as exc:

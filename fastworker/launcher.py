@@ -20,7 +20,7 @@ import signal
 import socket
 from typing import Any
 
-from . import core, retry
+from . import core, retry, signing
 from .batching import BatchPlanner
 from .breaker import Breaker
 from .broker import Broker, RedisHealth
@@ -46,9 +46,9 @@ def make_identity() -> str:
     return f"{host}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
-def redis_client(url: str, max_connections: int, blocking: bool = False) -> Any:
+def redis_client(url: str, max_connections: int, blocking: bool = False, tls: dict[str, str] | None = None) -> Any:
     """A redis-py asyncio client (hiredis parser when installed) for a redis:// or sentinel URL."""
-    return connect(url, max_connections=max_connections, blocking=blocking)
+    return connect(url, max_connections=max_connections, blocking=blocking, tls=tls)
 
 
 class Launcher:
@@ -75,11 +75,15 @@ class Launcher:
 
     async def start(self) -> None:
         c = self.config
-        self.redis = redis_client(c.redis_url, max_connections=16)
-        self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True)
+        tls = {"ssl_ca_certs": c.redis_ca_file, "ssl_certfile": c.redis_cert_file, "ssl_keyfile": c.redis_key_file}
+        self.redis = redis_client(c.redis_url, max_connections=16, tls=tls)
+        self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True,
+                                           tls=tls)
         self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
         await self.broker.register()
-        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
+        secret = signing.load_secret(os.environ)  # checked by the CLI already (exit 2 on a bad one)
+        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout,
+                                     signing.Signer(secret) if secret else None, c.max_job_bytes)
         await self.sidecar.start()
         if await self.sidecar.health():  # also learns whether /perform_batch is there, and its processes
             await self.sidecar.warm()

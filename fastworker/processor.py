@@ -162,7 +162,7 @@ class Processor:
         else:
             if self.metrics is not None:
                 self.metrics.sidecar_call("bad_job", elapsed)
-            await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}")
+            await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}", "Fastworker::PayloadError")
 
     async def _requeue(self, works: list[Work], exc: SidecarUnavailable) -> None:
         """Infrastructure failed, not the job: back to the head of its queue, no retry spent."""
@@ -209,10 +209,10 @@ class Processor:
                      reason="retry disabled" if not decision.run_exhausted_block else
                      ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
 
-    async def kill_bad(self, queue: str, raw: bytes, reason: str) -> None:
+    async def kill_bad(self, queue: str, raw: bytes, reason: str, error_class: str | None = None) -> None:
         """A payload that cannot run goes to the dead set (retry.dead_member_for), reason logged."""
         now = self.clock.now()
-        await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now), now,
+        await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now, error_class), now,
                                self.dead_max_jobs, self.dead_timeout, processed=0, failed=0)
         log.error("job_dead", queue=queue, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
         if self.metrics is not None:

@@ -3,6 +3,8 @@
 ``redis+sentinel://host1:26379,host2:26379/mymaster/0`` connects through redis-py's Sentinel
 support, so the workers follow a promoted replica. redis-py uses the hiredis parser when the
 hiredis package is installed (a test checks that it is the one in use).
+TLS: ``rediss://`` (or a Sentinel URL with ``tls``) with the CA and client certificate from
+``tls`` (--redis-ca-file, --redis-cert-file, --redis-key-file). ACL users: ``redis://user:pass@host``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0
 
 
-def connect(url: str, max_connections: int, blocking: bool = False) -> Any:
+def connect(url: str, max_connections: int, blocking: bool = False, tls: dict[str, str] | None = None) -> Any:
     opts: dict[str, Any] = dict(max_connections=max_connections, socket_connect_timeout=CONNECT_TIMEOUT,
                                 socket_keepalive=True, health_check_interval=30, decode_responses=False)
+    tls = {k: v for k, v in (tls or {}).items() if v}  # only the options that were given
+    if tls and (url.startswith("rediss://") or url.startswith("redis+sentinel://")):
+        opts.update(tls)
+        if url.startswith("redis+sentinel://"):
+            opts["ssl"] = True  # the master connections; the sentinels themselves stay plain
     # blocking commands wait up to a few seconds server-side; give them room
     opts["socket_timeout"] = None if blocking else SOCKET_TIMEOUT
     if url.startswith("redis+sentinel://"):

@@ -173,22 +173,31 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
     return RetryAt(dump_job(job), now + delay, count, delay)
 
 
-def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float) -> bytes:
+def dead_member_for(raw: bytes, queue: str | None, reason: str, now: float,
+                    error_class: str | None = None) -> bytes:
     """What the dead set gets for a payload that cannot run.
 
     Invalid JSON, or an object that is not a runnable job, stays the raw string, as Sidekiq stores
     it (its API lists such an entry with the raw text as its args). Valid JSON that is not an
     object at all (an array, a string, a number) would make Sidekiq's API raise while listing the
     whole dead set, so it is wrapped in a job-shaped record that keeps the raw text as its only
-    argument and the reason as its error message.
+    argument and the reason as its error message. A well-formed job that still cannot run (its
+    class is not a job, it is over the size limit: the caller names an ``error_class``) keeps its
+    payload and gains the error fields Sidekiq's retry writes, so the Web UI shows why it died.
     """
     try:
         parsed = json.loads(raw)
     except (ValueError, RecursionError):
         return raw
     if isinstance(parsed, dict):
+        if error_class and isinstance(parsed.get("class"), str) and isinstance(parsed.get("args"), list):
+            parsed.update({"error_class": error_class, "error_message": reason[:2000], "failed_at": now})
+            try:
+                return dump_job(parsed)
+            except ValueError:
+                return raw
         return raw
     return dump_job({"class": "Fastworker::InvalidPayload", "args": [raw.decode("utf-8", "replace")],
                      "queue": queue or "default", "jid": secrets.token_hex(12), "retry": False,
-                     "created_at": now, "failed_at": now, "error_class": "Fastworker::PayloadError",
+                     "created_at": now, "failed_at": now, "error_class": error_class or "Fastworker::PayloadError",
                      "error_message": reason})

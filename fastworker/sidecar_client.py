@@ -8,7 +8,8 @@ Duties:
    death handlers; returns the block's result ("discard" or None).
 3. ``perform_batch(raws, jids)``: several jobs in one POST /perform_batch, one outcome each;
 4. ``health()``: GET /health, used by the breaker's half-open probe and /readyz; it also learns
-   what the sidecar offers (batches, how many processes serve it).
+   what the sidecar offers (batches, how many processes serve it, its body limit).
+Every request carries the signature headers when a secret is set (signing.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from . import limits
 from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
 from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeout
@@ -80,8 +82,10 @@ def _retry_after(headers: Any) -> float | None:
 
 class SidecarClient:
     def __init__(self, base_url: str, concurrency: int, connect_timeout: float = 5.0,
-                 job_timeout: float = 0.0) -> None:
+                 job_timeout: float = 0.0, signer: Any = None, max_body: int = limits.MAX_BODY) -> None:
         self.base_url = base_url.rstrip("/")
+        self.signer = signer  # signing.Signer, or None when no secret is set
+        self.max_body = self.max_body_configured = max_body  # lowered to what /health advertises
         self.concurrency = concurrency
         self.connect_timeout = connect_timeout
         self.job_timeout = job_timeout
@@ -108,7 +112,8 @@ class SidecarClient:
         task = asyncio.current_task()
         started = self.outstanding[task] = time.monotonic()
         try:
-            resp = await self.http.request("POST", path, data, headers, self.job_timeout or None)
+            resp = await self.http.request("POST", path, data, self._signed("POST", path, data, headers),
+                                           self.job_timeout or None)
             self.last_answer = time.monotonic()
             return resp
         except TransportTimeout as exc:
@@ -125,7 +130,7 @@ class SidecarClient:
         if self.http is None:
             return None
         try:
-            return await self.http.request("GET", path, timeout=timeout)
+            return await self.http.request("GET", path, headers=self._signed("GET", path), timeout=timeout)
         except TransportError:
             return None
 
@@ -141,8 +146,8 @@ class SidecarClient:
             return _done(body)
         if status == 422:
             return _failed(body)
-        if status == 400:
-            return BadJob(_excerpt(body))
+        if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
+            return BadJob(_reason(body))
         raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
 
     async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
@@ -150,6 +155,8 @@ class SidecarClient:
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
         attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
+        if sum(map(len, raws)) + len(raws) > self.max_body:  # each job fits, together they do not
+            return await limits.one_by_one(self, raws, jids)
         try:
             resp = await self._post("/perform_batch", b"\n".join(raws),
                                     {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
@@ -200,6 +207,15 @@ class SidecarClient:
             return None
         return result if result == "discard" else None
 
+    def _signed(self, method: str, path: str, body: bytes = b"",
+                headers: dict[str, str] | None = None) -> dict[str, str]:
+        headers = headers or {}
+        if self.signer is None:
+            return headers
+        key = headers.get("Idempotency-Key") or headers.get("Idempotency-Keys") or ""
+        full = self.http.prefix + path if self.http is not None else path
+        return {**headers, **self.signer.headers(method, full, body, key)}
+
     def stalled(self, after: float) -> bool:
         """A request has waited longer than ``after`` seconds and nothing at all came back meanwhile."""
         if not self.outstanding:
@@ -222,6 +238,7 @@ class SidecarClient:
             info = None
         if not isinstance(info, dict):
             info = {}
+        self.max_body = limits.agreed(self.max_body_configured, info)
         self.offer.batch_max = _positive(info.get("batch_max"), MAX_BATCH) if info.get("batch") else 1
         self.offer.processes = _positive(info.get("workers"), 1)
         if self.http is not None:
@@ -236,11 +253,20 @@ class SidecarClient:
     async def warm(self, timeout: float = 2.0) -> None:
         """Open connections to every sidecar process before the first jobs (cluster mode)."""
         if self.http is not None:
-            await self.http.warm("/health", timeout)
+            await self.http.warm("/health", timeout, lambda: self._signed("GET", "/health"))
 
 
 def _positive(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
+
+
+def _reason(body: bytes) -> str:
+    """The sidecar's own words for a refusal ({"error": ...}), else the raw excerpt."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error[:1000] if isinstance(error, str) else _excerpt(body)
 
 
 def _excerpt(body: bytes, n: int = 300) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -191,11 +191,7 @@ class SidecarHTTP:
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, timeout: float | None = None) -> Response:
         """One request; raises TransportError when no complete answer came back."""
-        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), self._host_line]
-        if headers:
-            head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        data = b"".join(head) + body
+        data = self._encode(method, path, body, headers)
         async with self._slot:
             conn = await self._acquire()
             pid = conn.pid
@@ -217,6 +213,13 @@ class SidecarHTTP:
                 else:  # broken, cancelled or timed out half-way: the stream is out of step
                     self._discard(conn)
 
+    def _encode(self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None) -> bytes:
+        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), self._host_line]
+        if headers:
+            head.append("".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        return b"".join(head) + body
+
     async def _acquire(self) -> _Conn:
         idle = self._idle
         for conn in [c for c in idle if c.closed]:
@@ -230,7 +233,8 @@ class SidecarHTTP:
                 return best
         return await self._open()
 
-    async def warm(self, path: str, timeout: float) -> None:
+    async def warm(self, path: str, timeout: float,
+                   headers: Callable[[], Mapping[str, str]] = dict) -> None:
         """Open and identify (GET ``path``) connections until every advertised process has one per
         job slot. A new connection lands on whichever process accepts it, so this opens a few
         rounds of them and closes the surplus of the processes that got more than their share."""
@@ -245,16 +249,16 @@ class SidecarHTTP:
                 break
             conns = [await self._open() for _ in range(min(missing, room))]
             self._idle.extend(conns)
-            await asyncio.gather(*(self._identify(c, path, timeout) for c in conns), return_exceptions=True)
+            await asyncio.gather(*(self._identify(c, path, timeout, headers()) for c in conns),
+                                 return_exceptions=True)
         seen: dict[str | None, int] = {}
         for conn in list(self._idle):
             seen[conn.pid] = seen.get(conn.pid, 0) + 1
             if conn.pid is None or seen[conn.pid] > per:
                 self._discard(conn)
 
-    async def _identify(self, conn: _Conn, path: str, timeout: float) -> None:
-        data = b"GET " + (self.prefix + path).encode("latin-1") + b" HTTP/1.1\r\n" + self._host_line + \
-            b"Content-Length: 0\r\n\r\n"
+    async def _identify(self, conn: _Conn, path: str, timeout: float, headers: Mapping[str, str]) -> None:
+        data = self._encode("GET", path, b"", headers)
         self._idle.remove(conn)
         try:
             await asyncio.wait_for(conn.send(data), timeout)

@@ -9,6 +9,8 @@ ROOT=$PWD
 APP=$ROOT/examples/rails_app
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 SIDECAR_PORT=${SIDECAR_PORT:-3001}
+# the worker signs every request with it and the sidecar refuses anything unsigned
+export FASTWORKER_SIDECAR_SECRET=${FASTWORKER_SIDECAR_SECRET:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')}
 HTTP_PORT=${HTTP_PORT:-9394}
 
 redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 || {

@@ -9,6 +9,8 @@ redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || {
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
   sleep 0.5
 }
+# the suite runs signed, as users run it: one fresh secret for the worker, the sidecar and the stub
+export FASTWORKER_SIDECAR_SECRET=${FASTWORKER_SIDECAR_SECRET:-$($PY -c 'import secrets; print(secrets.token_urlsafe(48))')}
 status=0
 echo "== sidecar (minitest)"
 if [ -f sidecar/Rakefile ]; then
@@ -24,6 +26,6 @@ $PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benc
 echo "== benchmarks, short runs (figures for the log; the full runs are in README.md)"
 $PY bench/throughput.py --jobs 20000 --json || status=1
 $PY bench/vs_sidekiq.py --jobs 5000 --log warn || status=1
-echo "== pytest"
+echo "== pytest (includes the hypothesis fuzzers, tests/test_fuzz.py: FASTWORKER_FUZZ_EXAMPLES per property, default 150)"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
 exit $status

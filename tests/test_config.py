@@ -38,7 +38,7 @@ def test_defaults() -> None:
     assert config.concurrency == 10
     assert config.redis_url == "redis://127.0.0.1:6379/0"
     assert config.sidecar_url == "http://127.0.0.1:3001"
-    assert (config.http_host, config.http_port) == ("0.0.0.0", 9394)
+    assert (config.http_host, config.http_port) == ("127.0.0.1", 9394)
     assert config.timeout == 25.0
     assert (config.tag, config.labels) == ("", ())
     assert (config.log_format, config.log_level) == ("json", "info")

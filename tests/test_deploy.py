@@ -99,3 +99,17 @@ def _seconds(value: str) -> float:
     m = re.fullmatch(r"(\d+)s", str(value))
     assert m, value
     return float(m.group(1))
+
+
+def test_the_sidecar_is_reachable_only_on_an_internal_network_and_signed():
+    """Issue 12: no published port, internal networks only, the secret as a compose secret."""
+    sidecar = SERVICES["sidecar"]
+    assert "ports" not in sidecar
+    networks = COMPOSE["networks"]
+    assert sidecar["networks"] and all(networks[n].get("internal") for n in sidecar["networks"])
+    assert "FASTWORKER_SIDECAR_SECRET" in COMPOSE["secrets"]["sidecar_secret"]["environment"]
+    for name in ("sidecar", "worker"):
+        svc = SERVICES[name]
+        assert svc["secrets"] == ["sidecar_secret"]
+        assert svc["environment"]["FASTWORKER_SIDECAR_SECRET_FILE"] == "/run/secrets/sidecar_secret"
+        assert "FASTWORKER_SIDECAR_SECRET" not in svc["environment"], "never the value itself"

@@ -66,7 +66,8 @@ class AppTest < Minitest::Test
   def test_unavailable_carries_retry_after_only_when_booting_or_draining
     drain = Fastworker::Sidecar::Drain.new(capacity: 1)
     app = Fastworker::Sidecar::App.new(drain: drain)
-    response = Rack::MockRequest.new(app).post("/perform", input: JSON.generate(job("ContextJob")))
+    raw = JSON.generate(job("ContextJob"))
+    response = Rack::MockRequest.new(app).post("/perform", {input: raw}.merge(signature("POST", "/perform", raw)))
     assert_equal "1", response.headers["retry-after"]
   end
 
@@ -91,14 +92,15 @@ class AppTest < Minitest::Test
     exhausted = JSON.generate({"job" => job("ContextJob"), "error" => {"class" => "RuntimeError", "message" => "x"}})
     [["/perform", ok, 200], ["/perform", JSON.generate(job("FailingJob", ["x"])), 422], ["/perform", "{bad", 400],
      ["/perform_batch", [ok, ok].join("\n"), 200], ["/perform_batch", "", 400], ["/exhausted", exhausted, 200]].each do |path, body, status|
-      response = mock.post(path, input: body)
+      response = mock.post(path, {input: body}.merge(signature("POST", path, body)))
       assert_equal status, response.status, "#{path} #{body[0, 40]}"
       assert_equal pid, response.headers["x-fastworker-pid"], "#{path} answering #{status}"
     end
     assert_equal pid, mock.get("/perform").headers["x-fastworker-pid"], "a 405 on a protocol path too"
     assert_equal pid, mock.get("/health").headers["x-fastworker-pid"], "/health: the worker identifies its connections with it"
     @drain.begin_drain!
-    assert_equal pid, mock.post("/perform_batch", input: ok).headers["x-fastworker-pid"], "503 draining"
+    assert_equal pid, mock.post("/perform_batch", {input: ok}.merge(signature("POST", "/perform_batch", ok))).headers["x-fastworker-pid"], "503 draining"
+    assert_equal pid, mock.post("/perform", input: ok).headers["x-fastworker-pid"], "401 unsigned"
   end
 
   def test_health_reports_workers_capacity_and_batch_max

@@ -10,6 +10,7 @@ class BatchTest < Minitest::Test
     raws = payloads.map { |p| p.is_a?(String) ? p : JSON.generate(p) }
     env = {method: "POST", input: raws.join("\n"), "CONTENT_TYPE" => "application/x-ndjson"}
     env["HTTP_IDEMPOTENCY_KEYS"] = keys.join(",") if keys
+    env.merge!(signature("POST", "/perform_batch", env[:input], env["HTTP_IDEMPOTENCY_KEYS"] || ""))
     response = Rack::MockRequest.new(@app).request("POST", "/perform_batch", env)
     [response.status, parse(response.body)]
   end
@@ -119,8 +120,9 @@ class BatchTest < Minitest::Test
     calls = []
     previous = Sidekiq.options[:reloader]
     Sidekiq.options[:reloader] = proc { |&block| calls << :reloader; previous.call(&block) }
-    response = Rack::MockRequest.new(app).post("/perform_batch", input: [job("ContextJob"), job("ContextJob")].map { |j| JSON.generate(j) }.join("\n"))
-    assert_equal 200, response.status
+    @app = app
+    status, = post("/perform_batch", [job("ContextJob"), job("ContextJob")].map { |j| JSON.generate(j) }.join("\n"))
+    assert_equal 200, status
     assert_equal %i[reloader reloader], calls, "one reloader wrap per job, the one configured last"
   ensure
     Sidekiq.options[:reloader] = previous

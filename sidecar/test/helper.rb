@@ -5,10 +5,13 @@
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 ENV["REDIS_URL"] ||= "redis://127.0.0.1:6379/13"
 ENV["RAILS_ENV"] = "test"
+# the suite runs signed, as users run it (TEST_SECRET signs every helper request)
+TEST_SECRET = ENV["FASTWORKER_SIDECAR_SECRET"] = ENV.fetch("FASTWORKER_SIDECAR_SECRET") { "sidecar-test-secret-0123456789abcdef" }
 
 require "minitest/autorun"
 require "stringio"
 require "securerandom"
+require "tmpdir"
 require "rack/mock"
 require "fastworker/sidecar"
 require "fastworker/sidecar/boot"
@@ -47,21 +50,31 @@ module SidecarTestHelpers
      "created_at" => Time.now.to_f, "enqueued_at" => Time.now.to_f}.merge(extra)
   end
 
-  def post(path, body, headers = {})
+  # The headers the worker adds (fastworker/signing.py), as Rack env keys; `sign: false` sends none.
+  def signature(method, path, raw, idempotency = "", secret: TEST_SECRET, at: Time.now.to_i, nonce: SecureRandom.hex(12))
+    mac = OpenSSL::HMAC.hexdigest("SHA256", secret, Fastworker::Sidecar::Auth.canonical(method, path, at.to_s, nonce, idempotency) + raw)
+    {"HTTP_X_FASTWORKER_TIMESTAMP" => at.to_s, "HTTP_X_FASTWORKER_NONCE" => nonce,
+     "HTTP_X_FASTWORKER_SIGNATURE" => "v1=#{mac}"}
+  end
+
+  def post(path, body, headers = {}, sign: true, **more)
+    headers = headers.merge(more)
     raw = body.is_a?(String) ? body : JSON.generate(body)
     env = {method: "POST", input: raw, "CONTENT_TYPE" => "application/json"}
     headers.each { |k, v| env["HTTP_#{k.upcase.tr("-", "_")}"] = v }
+    env.merge!(signature("POST", path, raw, headers["Idempotency-Key"] || headers["Idempotency-Keys"] || "")) if sign
     response = Rack::MockRequest.new(@app).request("POST", path, env)
     [response.status, parse(response.body)]
   end
 
-  def get(path)
-    response = Rack::MockRequest.new(@app).get(path)
+  def get(path, sign: true)
+    response = Rack::MockRequest.new(@app).get(path, sign ? signature("GET", path, "") : {})
     [response.status, response.content_type.to_s.include?("json") ? parse(response.body) : response.body]
   end
 
-  def perform(payload, headers = {})
-    post("/perform", payload, headers)
+  # headers as a Hash or as trailing "Name" => value pairs
+  def perform(payload, headers = {}, sign: true, **more)
+    post("/perform", payload, headers.merge(more), sign: sign)
   end
 
   def parse(body)

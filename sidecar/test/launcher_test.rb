@@ -9,6 +9,8 @@ require "fileutils"
 # bin/fastworker-sidecar as a real process: boot, /health, capacity over HTTP, drain on TERM,
 # cluster mode, option errors.
 class LauncherTest < Minitest::Test
+  include SidecarTestHelpers
+
   BIN = File.expand_path("../bin/fastworker-sidecar", __dir__)
 
   def setup
@@ -46,7 +48,8 @@ class LauncherTest < Minitest::Test
 
   def http(method, path, body = nil)
     Net::HTTP.start("127.0.0.1", @port, read_timeout: 30) do |h|
-      response = (method == :get) ? h.get(path) : h.post(path, body, "content-type" => "application/json")
+      headers = signature(method.to_s.upcase, path, body.to_s).transform_keys { |k| k.delete_prefix("HTTP_").tr("_", "-") }
+      response = (method == :get) ? h.get(path, headers) : h.post(path, body, headers.merge("content-type" => "application/json"))
       [response.code.to_i, (JSON.parse(response.body) rescue response.body)]
     end
   end
@@ -56,7 +59,8 @@ class LauncherTest < Minitest::Test
     Net::HTTP.start("127.0.0.1", @port, read_timeout: 30) do |h|
       Array.new(n) do
         job = JSON.generate({"class" => "ContextJob", "args" => [], "jid" => SecureRandom.hex(12), "retry" => true})
-        response = h.post("/perform", job, "content-type" => "application/json")
+        headers = signature("POST", "/perform", job).transform_keys { |k| k.delete_prefix("HTTP_").tr("_", "-") }
+        response = h.post("/perform", job, headers.merge("content-type" => "application/json"))
         assert_equal "200", response.code
         Integer(response["x-fastworker-pid"])
       end
@@ -161,6 +165,31 @@ class LauncherTest < Minitest::Test
     out = IO.popen({"FASTWORKER_SIDECAR_THREADS" => "x"}, [RbConfig.ruby, BIN, err: [:child, :out]], &:read)
     assert_equal 64, $?.exitstatus
     assert_match(/FASTWORKER_SIDECAR_THREADS/, out)
+  end
+  def test_a_public_bind_without_a_secret_does_not_start
+    env = {"FASTWORKER_SIDECAR_SECRET" => nil}
+    ["0.0.0.0", "::", "192.0.2.1"].each do |addr|
+      out = IO.popen(env, [RbConfig.ruby, BIN, "--rails-root", DUMMY_ROOT, "--bind", addr, "--port", free_port.to_s,
+        err: [:child, :out]], &:read)
+      assert_equal 64, $?.exitstatus, addr
+      assert_match(/--bind #{Regexp.escape(addr)}: .*needs FASTWORKER_SIDECAR_SECRET/, out)
+    end
+    out = IO.popen(env.merge("FASTWORKER_SIDECAR_SECRET" => "too-short"), [RbConfig.ruby, BIN, "--rails-root", DUMMY_ROOT,
+      err: [:child, :out]], &:read)
+    assert_equal 64, $?.exitstatus
+    assert_match(/FASTWORKER_SIDECAR_SECRET: the secret must be at least 32 bytes/, out)
+    refute_includes out, "too-short"
+  end
+
+  def test_listens_on_loopback_by_default_and_signed_on_0000
+    start("--threads", "1", env: {"FASTWORKER_SIDECAR_SECRET" => TEST_SECRET})
+    assert_match(/127\.0\.0\.1:#{@port}/, File.read(@log))
+    Process.kill("KILL", @pid)
+    Process.wait(@pid)
+    start("--threads", "1", "--bind", "0.0.0.0", env: {"FASTWORKER_SIDECAR_SECRET" => TEST_SECRET})
+    assert_equal 200, perform("ContextJob", [1]).first
+    code, = Net::HTTP.start("127.0.0.1", @port) { |h| [h.post("/perform", "{}", "content-type" => "application/json").code.to_i] }
+    assert_equal 401, code
   end
 end
 

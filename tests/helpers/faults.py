@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 import pytest
 import redis
 
-from tests.helpers.procs import ROOT, Worker, free_port, wait_http, wait_until
+from tests.helpers.procs import ROOT, Worker, free_port, wait_http, wait_until, with_secret
 
 HAVE_HEARTBEAT = importlib.util.find_spec("fastworker.heartbeat") is not None
 
@@ -144,7 +144,7 @@ class FileStub:
     def start(self) -> None:
         extra = [] if self.batch else ["--no-batch"]
         self.proc = subprocess.Popen([sys.executable, "-c", _FILE_STUB, str(self.port), str(self.records),
-                                      str(ROOT), *extra], cwd=ROOT)
+                                      str(ROOT), *extra], cwd=ROOT, env=with_secret(dict(os.environ)))
         wait_http(self.url + "/health", proc=self.proc)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

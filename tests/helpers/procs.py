@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every process the tests start shares this secret unless a test says otherwise, as users run it.
+TEST_SECRET = os.environ.get("FASTWORKER_SIDECAR_SECRET") or "fastworker-test-secret-5f0c2a9d81e34b7c"
+
+
+def with_secret(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the test secret, unless it sets a secret itself (an empty value means none)."""
+    out = dict(env)
+    if "FASTWORKER_SIDECAR_SECRET" not in out and not out.get("FASTWORKER_SIDECAR_SECRET_FILE"):
+        out["FASTWORKER_SIDECAR_SECRET"] = TEST_SECRET
+    return out
 
 
 def free_port() -> int:
@@ -55,14 +65,15 @@ def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = N
 class StubSidecar:
     """The Python STUB sidecar (tests/helpers/stub_sidecar.py) in its own process."""
 
-    def __init__(self, record: bool = True, port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(self, record: bool = True, port: int | None = None, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, str(ROOT / "tests/helpers/stub_sidecar.py"), "--port", str(self.port)]
         if record:
             cmd.append("--record")
         cmd.extend(extra or [])
-        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=with_secret({**os.environ, **(env or {})}))
         wait_http(self.url + "/health", proc=self.proc)
 
     def stats(self) -> dict[str, Any]:
@@ -90,8 +101,7 @@ class Worker:
         self.http_port = free_port()
         argv = [sys.executable, "-m", "fastworker", "--redis-url", redis_url, "--sidecar-url", sidecar_url,
                 "--http-host", "127.0.0.1", "--http-port", str(self.http_port), *args]
-        full_env = dict(os.environ)
-        full_env.update(env or {})
+        full_env = with_secret({**os.environ, **(env or {})})
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 

@@ -48,7 +48,8 @@ def app_env(redis_url: str, database_url: str | None = None, rails_env: str = "t
     if database_url:
         env["DATABASE_URL"] = database_url
     env.update(extra or {})
-    return env
+    from tests.helpers.procs import with_secret
+    return with_secret(env)
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float) -> str:

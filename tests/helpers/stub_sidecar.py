@@ -18,6 +18,9 @@ per-request overhead: HTTP, Rack, JSON).
 Admin: GET /_stats -> {"count", "peak", "in_flight", "batches", "batch_sizes", "records": [{"jid", "raw",
 "t", "key"}]} (records only with --record); peak counts jobs whose requests are in flight at once; POST /_mode {"status": 503, "retry_after": 2} makes /perform answer that status;
 {"status": null} restores it. POST /_reset clears the records. /exhausted calls are recorded too.
+With FASTWORKER_SIDECAR_SECRET(_FILE) set, /perform, /perform_batch and /exhausted verify the
+worker's signature as the real sidecar does (fastworker/signing.py): 401 and nothing recorded
+otherwise; /_stats counts the refusals ("unauthorized").
 Run: python tests/helpers/stub_sidecar.py --port 3999 [--record]
 """
 
@@ -27,8 +30,15 @@ import argparse
 import asyncio
 import time
 
+import os
+import sys
+from pathlib import Path
+
 import orjson
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fastworker import signing  # noqa: E402
 
 
 class Stub:
@@ -45,6 +55,19 @@ class Stub:
         self.batch_sizes: list[int] = []
         self.batch = True
         self.request_delay = 0.0
+        secret = signing.load_secret(os.environ)
+        self.verifier = signing.Verifier(secret) if secret else None
+        self.unauthorized = 0
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler):  # noqa: ANN001, ANN201
+        if self.verifier is not None and request.path in ("/perform", "/perform_batch", "/exhausted"):
+            refusal = self.verifier.check(request.method, request.path, request.headers, await request.read())
+            if refusal is not None:
+                self.unauthorized += 1
+                return web.Response(status=401, body=orjson.dumps({"error": f"unauthorized: {refusal}"}),
+                                    content_type="application/json")
+        return await handler(request)
 
     async def perform(self, request: web.Request) -> web.Response:
         if self.request_delay:
@@ -132,7 +155,9 @@ class Stub:
                             content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches, "batch_sizes": self.batch_sizes, "in_flight": self.in_flight,
+        return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches,
+                                               "batch_sizes": self.batch_sizes, "in_flight": self.in_flight,
+                                               "unauthorized": self.unauthorized,
                                                "records": self.records, "exhausted": self.exhausted_calls}),
                             content_type="application/json")
 
@@ -189,7 +214,7 @@ def make_app(record: bool, batch: bool = True, request_delay: float = 0.0) -> we
     stub = Stub(record)
     stub.batch = batch
     stub.request_delay = request_delay
-    app = web.Application()
+    app = web.Application(middlewares=[stub.auth], client_max_size=64 * 1024 * 1024)
     app.router.add_post("/perform", stub.perform)
     app.router.add_post("/perform_batch", stub.perform_batch)
     app.router.add_post("/exhausted", stub.exhausted)

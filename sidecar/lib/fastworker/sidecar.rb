@@ -35,6 +35,12 @@ module Fastworker
 
       # Per-job start/done lines (Sidekiq's JobLogger#call) are written only when asked:
       # the worker already writes them once (design.md "Logs").
+      # For an app that really enqueues plain classes (not Sidekiq jobs): allow them by name,
+      # e.g. in config/initializers/fastworker.rb. Same as FASTWORKER_SIDECAR_ALLOWED_CLASSES.
+      def allow_classes(*names)
+        JobClass.allowed.merge(names.flatten.map(&:to_s))
+      end
+
       def job_log?
         %w[1 true yes].include?(ENV["FASTWORKER_SIDECAR_JOB_LOG"].to_s.downcase)
       end
@@ -52,5 +58,9 @@ require "fastworker/sidecar/remote_error"
 require "fastworker/sidecar/exhausted"
 require "fastworker/sidecar/drain"
 require "fastworker/sidecar/metrics"
+require "fastworker/sidecar/limits"
+require "fastworker/sidecar/auth"
+require "fastworker/sidecar/door"
+require "fastworker/sidecar/job_class"
 require "fastworker/sidecar/executor"
 require "fastworker/sidecar/app"

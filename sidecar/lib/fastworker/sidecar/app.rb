@@ -18,17 +18,20 @@ module Fastworker
     # 6. Tag every protocol answer and /health with `x-fastworker-pid`, so the worker can tell
     #    which Puma worker process answered on a keep-alive connection (it identifies its
     #    connections with /health before the first jobs).
+    # 7. Before any of that, the Door (size limit, signature): 413 / 401 and nothing runs.
     # The app is served outside the Rails middleware stack, so the reloader wraps each job once.
     class App
       TEXT_HEADERS = {"content-type" => "text/plain; version=0.0.4; charset=utf-8"}.freeze
-      BATCH_LIMIT = 100
+      BATCH_LIMIT = Limits::MAX_BATCH
 
       PID_HEADER = "x-fastworker-pid"
 
       attr_reader :drain, :metrics
 
       # workers: Puma worker processes serving this app (1 in single mode), for /health.
-      def initialize(drain:, workers: 1, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new)
+      def initialize(drain:, workers: 1, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new,
+        door: Door.from_env)
+        @door = door
         @drain = drain
         @workers = workers
         @metrics = metrics
@@ -37,11 +40,14 @@ module Fastworker
       end
 
       def call(env)
+        refusal = @door.call(env)
+        return tag_pid(refusal) if refusal
+
         case env["PATH_INFO"]
         when "/perform" then protocol(env, "perform") { perform(env) }
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
-        when "/health" then get_only(env) { tag_pid(health.to_rack) }
+        when "/health" then get_only(env) { tag_pid(@door.health(env, health).to_rack) }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
         else Result.json(404, "not_found", {"error" => "not found"}).to_rack
         end
@@ -149,6 +155,7 @@ module Fastworker
       end
 
       def read_body(env)
+        return env[Door::BODY] if env.key?(Door::BODY) # read, bounded and verified by the Door
         input = env["rack.input"]
         return "" unless input
 

@@ -113,6 +113,8 @@ module Fastworker
           end
           Result.done(jid, elapsed_ms(started))
         rescue Exception => e # rubocop:disable Lint/RescueException -- Sidekiq's retry rescues everything
+          # not a job class: it can never succeed, so no retry is spent (400: the dead set)
+          return Result.bad_request(e.message) if e.is_a?(JobClass::NotAJob)
           # shutdown: not attempted as far as retries go; the worker requeues it.
           return Result.shutdown(jid) if Compat.shutdown?(e)
           # skip (7.3+ iteration interrupt): acked, no error.
@@ -127,7 +129,7 @@ module Fastworker
 
       def dispatch(setup, job, raw, queue, state)
         setup.reloader.call do
-          klass = Compat.constantize(job["class"])
+          klass = JobClass.check!(Compat.constantize(job["class"]), job) # only jobs are instantiated
           instance = klass.new
           instance.jid = job["jid"]
           instance.bid = job["bid"] if instance.respond_to?(:bid=)

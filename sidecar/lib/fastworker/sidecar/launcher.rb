@@ -19,6 +19,8 @@ module Fastworker
     # 4. Keep idle keep-alive connections open (persistent_timeout), so each worker
     #    connection stays with the Puma worker process it first reached.
     # 5. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
+    # 6. Refuse to start with a bad secret (shorter than 32 bytes, unreadable file), or on a
+    #    non-loopback --bind without one: that door would run anyone's code.
     class Launcher
       DEFAULT_THREADS = 10
       DEFAULT_PORT = 3001
@@ -30,6 +32,7 @@ module Fastworker
       attr_reader :options
 
       def initialize(argv = ARGV, env = ENV)
+        @env = env
         @options = parse(argv.dup, env)
       end
 
@@ -54,7 +57,7 @@ module Fastworker
         Sidecar.drain = drain
         Sidecar.drain_timeout = options[:drain_timeout]
         PumaDrain.install!
-        app = App.new(drain: drain, workers: options[:workers])
+        app = App.new(drain: drain, workers: options[:workers], door: Door.from_env(@env))
 
         if cluster?
           boot_app(drain)
@@ -131,6 +134,7 @@ module Fastworker
 
         opts[:rails_root] = File.expand_path(opts[:rails_root])
         validate!(opts)
+        validate_door!(opts, env)
         opts
       end
 
@@ -161,6 +165,17 @@ module Fastworker
         raise OptionParser::InvalidArgument, "--port must be 1..65535" unless (1..65_535).cover?(opts[:port])
         raise OptionParser::InvalidArgument, "--drain-timeout must be >= 0" unless opts[:drain_timeout] >= 0
         raise OptionParser::InvalidArgument, "FASTWORKER_SIDECAR_SPARE_THREADS must be >= 1" unless opts[:spare_threads] >= 1
+      end
+
+      def validate_door!(opts, env)
+        Limits.from_env(env)
+        return if Auth.load_secret(env) || Auth.loopback?(opts[:bind])
+
+        raise OptionParser::InvalidArgument, "--bind #{opts[:bind]}: listening on a non-loopback address needs " \
+          "#{Auth::SECRET_ENV} (or #{Auth::SECRET_FILE_ENV}), at least #{Auth::MIN_SECRET_BYTES} bytes, shared " \
+          "with the worker; without it anyone who reaches the port can run code in the app"
+      rescue Auth::SecretError, ArgumentError => e
+        raise OptionParser::InvalidArgument, e.message
       end
 
       def integer(value, name)

@@ -10,7 +10,8 @@ module Fastworker
     # 2. Accept every Sidekiq payload shape (6.x float-second and 8.x integer-ms timestamps,
     #    unknown keys): only `class` (a non-empty String) and `args` (an Array) are required,
     #    as in Sidekiq's client validation.
-    # 3. Raise Payload::Invalid with a short reason for anything else (→ 400).
+    # 3. Raise Payload::Invalid with a short reason for anything else (→ 400), including JSON
+    #    nested deeper than Limits::MAX_NESTING.
     class Payload
       class Invalid < StandardError; end
 
@@ -38,10 +39,12 @@ module Fastworker
       def self.parse_object(raw, what)
         raise Invalid, "empty body" if raw.nil? || raw.strip.empty?
 
-        value = JSON.parse(raw)
+        value = JSON.parse(raw, max_nesting: Limits::MAX_NESTING)
         raise Invalid, "#{what} must be a JSON object, got #{value.class.name}" unless value.is_a?(Hash)
 
         value
+      rescue JSON::NestingError
+        raise Invalid, "invalid JSON: nested deeper than #{Limits::MAX_NESTING} levels"
       rescue JSON::ParserError, EncodingError => e
         raise Invalid, "invalid JSON: #{e.message[0, 200]}"
       end
