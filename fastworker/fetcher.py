@@ -54,6 +54,7 @@ class Fetcher:
         # the expanded list as queue indexes (1-based), each repeated max(weight, 1) times
         self._expanded = [names.index(n) + 1 for n, w in queues for _ in range(max(w, 1))]
         self.quiet = False
+        self._deep = False  # the last fetch found a job for every free token
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._wakers: list[asyncio.Task[None]] = []
@@ -112,21 +113,22 @@ class Fetcher:
             await self._sleep_or_wake(0.1)
             return
         free = self.limiter.free
-        if free < self.planner.size and self.manager.fast_in_flight:
-            # fast jobs are running and will give their tokens back within a request's time:
-            # gather them for one batch instead of refilling them one request each (the jobs
-            # meanwhile stay in Redis, where any process may take them)
-            await self.limiter.wait_release()
-            return
         if self.breaker.state != "closed":
             free = 1  # half-open: probe jobs one at a time
-        if self._handoff:  # jobs a waker already took: they come first
+        if self._handoff:  # jobs a waker already took: they come first, at once
             items, self._handoff = self._handoff[:free], self._handoff[free:]
             if self._handoff:  # more than tokens (one waker per queue): the rest go back, next in line
                 rest, self._handoff = self._handoff, []
                 await self.broker.bulk_requeue(rest[::-1])
             self.fetched += len(items)
             await self._dispatch(items)
+            return
+        if self._deep and free < self.planner.size and self.manager.fast_in_flight:
+            # the queue is deep and fast jobs are running: they give their tokens back within a
+            # request's time, so gather them for one batch instead of refilling them one request
+            # each (the jobs meanwhile stay in Redis, where any process may take them). A queue
+            # that is not deep gets every free token at once: latency comes first there.
+            await self.limiter.wait_release()
             return
         n = min(free, FETCH_MAX)
         try:
@@ -138,6 +140,7 @@ class Fetcher:
             return
         self._backoff = 0.05
         self.broker.health.succeeded()
+        self._deep = len(items) >= n  # it had a job for every token asked: more are likely waiting
         if not items:
             await self._idle_wait()
             return

@@ -241,16 +241,25 @@ class SidecarHTTP:
         if self.processes <= 1:
             return
         per = max(self.capacity, 1)
-        for _ in range(8):
+        for attempt in range(10):
+            if attempt:  # a Puma worker still booting accepts nothing yet: give it a moment
+                await asyncio.sleep(0.05 * attempt)
             spread = self.spread()
             missing = sum(max(0, per - n) for n in spread.values()) + per * max(0, self.processes - len(spread))
             room = 2 * self.processes * per - len(self._all)
-            if missing <= 0 or room <= 0:
+            if missing <= 0:
                 break
+            if room <= 0:  # the surplus goes below, and the next round tries again
+                self._trim(per)
+                continue
             conns = [await self._open() for _ in range(min(missing, room))]
             self._idle.extend(conns)
             await asyncio.gather(*(self._identify(c, path, timeout, headers()) for c in conns),
                                  return_exceptions=True)
+        self._trim(per)
+
+    def _trim(self, per: int) -> None:
+        """Close the idle connections beyond ``per`` to one process, and unidentified ones."""
         seen: dict[str | None, int] = {}
         for conn in list(self._idle):
             seen[conn.pid] = seen.get(conn.pid, 0) + 1

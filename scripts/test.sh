@@ -21,11 +21,14 @@ FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/core -q -p no:cacheprovider || st
 echo "== the worker end to end on the pure-Python twin"
 FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/test_worker.py -q -p no:cacheprovider \
   -k "exactly_once or malformed or uses_uvloop or failure_writes" || status=1
-echo "== core micro-benchmarks (compiled vs twin)"
-$PY -m pytest bench/bench_core.py --benchmark-only -q -p no:cacheprovider --benchmark-columns=min,median,ops || status=1
-echo "== benchmarks, short runs (figures for the log; the full runs are in README.md)"
+echo "== micro-benchmarks: the core (compiled vs twin) and the hot path against Redis"
+$PY -m pytest bench/bench_core.py bench/bench_hot_path.py --benchmark-only -q -p no:cacheprovider \
+  --benchmark-columns=min,median,ops || status=1
+echo "== the sidecar's batch path in Ruby, without HTTP"
+ruby bench/sidecar_batch.rb || status=1
+echo "== benchmarks, short runs after a warm-up (ratios for the log; the full runs are in README.md)"
 $PY bench/throughput.py --jobs 20000 --json || status=1
-$PY bench/vs_sidekiq.py --jobs 5000 --log warn || status=1
+$PY bench/vs_sidekiq.py --quick --redis-url redis://127.0.0.1:6379/12 || status=1
 echo "== pytest (includes the hypothesis fuzzers, tests/test_fuzz.py: FASTWORKER_FUZZ_EXAMPLES per property, default 150)"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
 exit $status
