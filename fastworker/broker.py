@@ -116,6 +116,7 @@ class HotScript:
         self._sha = hashlib.sha1(source.encode()).hexdigest().encode()
         self._conn: Any = None
         self._lock = asyncio.Lock()
+        self._dropping: set[asyncio.Task[None]] = set()
 
     async def __call__(self, keys: Sequence[bytes | str], args: Sequence[bytes | int]) -> Any:
         parts = [b"EVALSHA", self._sha, b"%d" % len(keys)]
@@ -138,10 +139,23 @@ class HotScript:
             except rexc.ResponseError:
                 raise  # the connection is still in step
             except BaseException:
-                await conn.disconnect()  # a reply may still be on its way: never reuse the stream
+                # a reply may still be on its way: never reuse the stream. Dropped without awaiting
+                # here, so a cancellation (shutdown) cannot leave it half-closed for the next call.
+                self._conn = None
+                task = asyncio.get_running_loop().create_task(self._drop(conn))
+                self._dropping.add(task)
+                task.add_done_callback(self._dropping.discard)
                 raise
 
+    async def _drop(self, conn: Any) -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        finally:
+            await self._pool.release(conn)
+
     async def close(self) -> None:
+        if self._dropping:
+            await asyncio.wait(self._dropping, timeout=1.0)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._pool.release(conn)

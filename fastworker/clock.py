@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -22,6 +23,18 @@ class Clock:
 def sidekiq_time(now: float, ms: bool) -> float | int:
     """A timestamp in the job's own format: float seconds (Sidekiq <= 7) or int ms (Sidekiq 8)."""
     return int(now * 1000) if ms else now
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` pass; True if it was set. Every loop sleeps with
+    this, not ``asyncio.wait_for``: on Python 3.11 wait_for swallows a cancellation that arrives as
+    the event fires, and the task then never stops (a shutdown that hangs); asyncio.timeout does not."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return event.is_set()
 
 
 REAL_CLOCK = Clock()

@@ -30,6 +30,7 @@ from .limiter import Limiter
 from .log import log
 from .manager import Manager
 from .processor import Processor
+from .clock import wait_event
 
 FETCH_MAX = 64  # jobs per fetch call at most
 WAKER_TIMEOUT = 5.0  # seconds a waker blocks per command: an idle worker sends 0.2 cmd/s per queue
@@ -192,10 +193,7 @@ class Fetcher:
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         self._wake.clear()
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._wake, seconds)
 
     async def _idle_wait(self) -> None:
         if not self._wakers:
@@ -204,9 +202,7 @@ class Fetcher:
         self._wake.clear()
         self._idle.set()
         try:
-            await asyncio.wait_for(self._wake.wait(), IDLE_RECHECK)
-        except asyncio.TimeoutError:
-            pass
+            await wait_event(self._wake, IDLE_RECHECK)
         finally:
             self._idle.clear()
 

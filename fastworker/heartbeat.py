@@ -32,6 +32,7 @@ import orjson
 
 from . import __version__
 from .broker import REDIS_ERRORS
+from .clock import wait_event
 from .log import log
 
 CLEAR_TIMEOUT = 3.0  # seconds the final SREM/UNLINK may take before shutdown goes on without it
@@ -143,10 +144,7 @@ class Heartbeat:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval)
             self._wake.clear()
             await self.beat()
 

@@ -16,7 +16,7 @@ import asyncio
 from typing import Any
 
 from .broker import Broker
-from .clock import Clock
+from .clock import Clock, wait_event
 from .limiter import Limiter
 from .log import log
 from .processor import Processor, Work
@@ -87,10 +87,7 @@ class Manager:
             if remaining <= 0:
                 return False
             self._idle = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._idle.wait(), min(remaining, 0.5))
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._idle, min(remaining, 0.5))
         return True
 
     async def hard_shutdown(self) -> int:

@@ -33,10 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import scripts
-from .retry import dead_member_for
 from .broker import REDIS_ERRORS
+from .clock import wait_event
 from .log import log
-from .retry import dump_job, load_job
+from .retry import dead_member_for, dump_job, load_job
 
 BATCH = 500
 
@@ -154,11 +154,8 @@ class Scheduler:
             await self.poll()
             if self._done:
                 break
-            try:
-                assert self._wake is not None
-                await asyncio.wait_for(self._wake.wait(), self.interval())
-            except asyncio.TimeoutError:
-                pass
+            assert self._wake is not None
+            await wait_event(self._wake, self.interval())
 
     async def poll(self) -> int:
         """One poll with its errors handled; returns how many jobs moved."""
