@@ -200,6 +200,8 @@ class Fetcher:
             loop = asyncio.get_running_loop()
             self._wakers = [loop.create_task(self._waker(q)) for q in self.names]
         self._wake.clear()
+        if self._handoff:  # a waker took a job while this fetch was under way (its wake-up was cleared)
+            return
         self._idle.set()
         try:
             await wait_event(self._wake, IDLE_RECHECK)

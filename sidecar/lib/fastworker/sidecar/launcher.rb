@@ -98,6 +98,7 @@ module Fastworker
           if cluster
             user.workers opts[:workers]
             user.preload_app!
+            user.nakayoshi_fork true # GC and compact before forking: more pages stay shared
             user.worker_shutdown_timeout drain_timeout + Drain::HARD_STOP_GRACE + 5
             user.before_fork { Launcher.close_connections }
           end
