@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from fastworker import __version__
-from fastworker.config import ConfigError, build_parser, config_from_args, parse_args
+from fastworker.config import ConfigError, build_parser, config_from_args, parse_args, removed_flag_warnings
 
 USAGE_ERROR = 2
 
@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if ns.version:
             print(f"fastworker {__version__}")
             return 0
+        for notice in removed_flag_warnings(ns):
+            print(f"fastworker: warning: {notice}", file=sys.stderr)
         config = config_from_args(ns, environ)
     except ConfigError as exc:
         print(f"fastworker: error: {exc}", file=sys.stderr)

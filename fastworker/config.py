@@ -3,7 +3,10 @@
 Duties:
 1. Declare every option once (``OPTIONS``): its Config field, flags, environment variables, YAML keys,
    parser and help text. The argparse parser, the env reader and the YAML reader are all built from it.
-2. Resolve each field by precedence: flag > environment > file (``-C``) > default.
+2. Resolve each field by precedence: flag > environment > file (``-C``, or the ``config/sidekiq.yml`` /
+   ``config/sidekiq.yml.erb`` found under the app root as Sidekiq's CLI finds it) > default.
+   (The Sidekiq-side answer from the sidecar, when one is used, is a layer of its own: see
+   fastworker/sidekiq_config.py.)
 3. Read a Sidekiq ``config/sidekiq.yml`` as Sidekiq does (``cli.rb#parse_config``): ERB first (a small,
    safe subset: ENV lookups and literals, never Ruby), then YAML with ``:symbol`` keys, then the section
    named after the environment merged over the top level. Unknown keys are ignored, as Sidekiq does.
@@ -42,8 +45,8 @@ class ConfigError(Exception):
 class Config:
     """Everything the worker needs to know, already validated.
 
-    ``queues`` holds ``(name, weight)`` pairs in the order given, duplicates included; weight 0 means no
-    weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
+    ``queues`` holds ``(name, weight)`` pairs in the order given (a name appears once: duplicates are
+    refused when read, as Sidekiq refuses them); weight 0 means no weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
     ``expanded_queues``.
     """
 
@@ -73,6 +76,7 @@ class Config:
     sidecar_connect_timeout: float = 5.0
     poison_pill_limit: int = 3
     config_file: str | None = None
+    rails_root: str | None = None  # the app root: where config/sidekiq.yml is looked for (cwd if unset)
 
     def __post_init__(self) -> None:
         # Accept lists from callers building a Config by hand; store tuples so the value stays hashable.
@@ -282,6 +286,17 @@ def parse_queue_arg(token: str) -> list[tuple[str, int]]:
     return out
 
 
+def refuse_duplicate_queues(queues: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """The one place queue names are de-duplicated: Sidekiq's ``parse_queue`` refuses a name given twice
+    in one source (``-q a -q a``, or ``[a, a]`` in the file) with "queues: a cannot be defined twice"."""
+    seen: set[str] = set()
+    for name, _ in queues:
+        if name in seen:
+            raise _Bad("", f"queues: {name} cannot be defined twice")
+        seen.add(name)
+    return tuple(queues)
+
+
 def _queues_from_args(raw: object) -> tuple[tuple[str, int], ...]:
     tokens = raw if isinstance(raw, list) else [raw]
     out: list[tuple[str, int]] = []
@@ -289,7 +304,7 @@ def _queues_from_args(raw: object) -> tuple[tuple[str, int], ...]:
         if not isinstance(token, str):
             raise _Bad(_QUEUE_SYNTAX)
         out.extend(parse_queue_arg(token))
-    return tuple(out)
+    return refuse_duplicate_queues(out)
 
 
 def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
@@ -314,7 +329,7 @@ def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
             raise _Bad("name or [name, weight]", f"expected name or [name, weight], got {original!r}")
     if not out:
         raise _Bad("at least one queue", "expected at least one queue, got an empty list")
-    return tuple(out)
+    return refuse_duplicate_queues(out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,7 +376,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("concurrency", "-c", "--concurrency", parse=_int_at_least(1, "a positive integer"), metavar="N",
          help="jobs run at once (falls back to RAILS_MAX_THREADS, as Sidekiq does)"),
     _opt("config_file", "-C", "--config", parse=_nonempty_text, metavar="FILE", yaml=(),
-         help="Sidekiq YAML config file (config/sidekiq.yml)"),
+         help="Sidekiq YAML config file; without it, config/sidekiq.yml or config/sidekiq.yml.erb under the "
+              "app root is used when present, as Sidekiq's CLI does"),
+    _opt("rails_root", "-r", "--rails-root", "--require", parse=_nonempty_text, metavar="DIR", yaml=(),
+         env=("RAILS_ROOT",),
+         help="the app root (Sidekiq's -r): where config/sidekiq.yml is looked for; default the working "
+              "directory"),
     _opt("environment", "-e", "--environment", parse=_nonempty_text, metavar="ENV", yaml=(),
          env=("APP_ENV", "RAILS_ENV", "RACK_ENV"),
          help="application environment; picks the matching section of the -C file (\"development\" if unset)"),
@@ -453,9 +473,32 @@ def build_parser() -> argparse.ArgumentParser:
             help=_env_help(opt),
         )
     parser.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    # Sidekiq 6.0 removed these; 6.4.1's CLI still accepts them, prints a notice and carries on. So do we,
+    # so that a `sidekiq ... -L log/sidekiq.log` command line keeps working unchanged.
+    parser.add_argument("-L", "--logfile", metavar="PATH", default=None,
+                        help="ignored with a warning, as in Sidekiq 6.x: logs go to stdout")
+    parser.add_argument("-P", "--pidfile", metavar="PATH", default=None,
+                        help="ignored with a warning, as in Sidekiq 6.x: use a process supervisor")
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="ignored with a warning, as in Sidekiq 6.x: use a process supervisor")
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+REMOVED_FLAG_NOTICES = {
+    "daemon": "-d/--daemon is ignored: daemonization was removed in Sidekiq 6.0; run fastworker under a "
+              "process supervisor",
+    "logfile": "-L/--logfile is ignored: logfile redirection was removed in Sidekiq 6.0; fastworker logs to "
+               "stdout only",
+    "pidfile": "-P/--pidfile is ignored: PID file creation was removed in Sidekiq 6.0; run fastworker under a "
+               "process supervisor",
+}
+
+
+def removed_flag_warnings(ns: argparse.Namespace) -> list[str]:
+    """One notice per Sidekiq flag that 6.x accepts but no longer honours (cli.rb prints one and goes on)."""
+    return [text for dest, text in REMOVED_FLAG_NOTICES.items() if getattr(ns, dest, None)]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -533,6 +576,11 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
             take(opt, found[1], found[0])
 
     config_file = values.get("config_file")
+    if config_file is None:
+        found = discover_config_file(values.get("rails_root"))
+        if found is not None:
+            values["config_file"] = config_file = found
+            sources["config_file"] = found
     if config_file is not None:
         # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
         section = values.get("environment") or "development"
@@ -561,6 +609,23 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
 # ---------------------------------------------------------------------------------------------------------
 # Sidekiq YAML (-C)
 # ---------------------------------------------------------------------------------------------------------
+
+SIDEKIQ_YAML_NAMES = ("sidekiq.yml", "sidekiq.yml.erb")  # looked for in this order; the first found wins
+
+
+def discover_config_file(rails_root: str | None) -> str | None:
+    """Sidekiq 6.4.1's ``setup_options`` without ``-C``: ``<root>/config/sidekiq.yml``, else
+    ``<root>/config/sidekiq.yml.erb``, where root is ``-r`` when it is a directory, else the working
+    directory (a ``-r`` naming a file is Sidekiq's "require this file" and leaves the root at ".")."""
+    import os
+
+    root = rails_root if rails_root and os.path.isdir(rails_root) else "."
+    for name in SIDEKIQ_YAML_NAMES:
+        path = os.path.join(root, "config", name)
+        if os.path.exists(path):
+            return path
+    return None
+
 
 # YAML keys this module reads; everything else (:require:, :capsules:, :lifecycle_events:, ...) is ignored.
 _YAML_KEYS: dict[str, str] = {key: opt.field for opt in OPTIONS for key in opt.yaml}
