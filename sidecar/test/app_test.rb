@@ -100,6 +100,16 @@ class AppTest < Minitest::Test
     assert_equal pid, mock.post("/perform_batch", input: ok).headers["x-fastworker-pid"], "503 draining"
   end
 
+  def test_config_answers_sidekiqs_settings_once_booted
+    status, body = get("/config")
+    assert_equal 200, status
+    assert_equal Sidekiq::VERSION, body["sidekiq_version"]
+    assert_kind_of Integer, body["concurrency"]
+    assert_kind_of Array, body["queues"]
+    booting = Fastworker::Sidecar::App.new(drain: Fastworker::Sidecar::Drain.new(capacity: 1))
+    assert_equal 503, booting.call("REQUEST_METHOD" => "GET", "PATH_INFO" => "/config").first
+  end
+
   def test_health_reports_workers_capacity_and_batch_max
     _, body = get("/health")
     assert_equal [1, 4, Fastworker::Sidecar::App::BATCH_LIMIT], body.values_at("workers", "capacity", "batch_max")

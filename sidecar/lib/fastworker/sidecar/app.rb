@@ -11,7 +11,8 @@ module Fastworker
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
     # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
-    # 4. /health: 200 with versions, in-flight count, job slots per process, Puma worker
+    # 4. /config: Sidekiq's resolved server configuration (ServerConfig) once booted, 503 before.
+    # 4b. /health: 200 with versions, in-flight count, job slots per process, Puma worker
     #    count and batch limit once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
@@ -41,6 +42,7 @@ module Fastworker
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
         when "/health" then get_only(env) { health.to_rack }
+        when "/config" then get_only(env) { server_config.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
         else Result.json(404, "not_found", {"error" => "not found"}).to_rack
         end
@@ -138,6 +140,12 @@ module Fastworker
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
                 "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
+      end
+
+      def server_config
+        return Result.unavailable(@drain.state) unless @drain.ready? && defined?(ServerConfig)
+
+        Result.json(200, "done", ServerConfig.snapshot)
       end
 
       def rails_version
