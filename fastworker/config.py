@@ -77,6 +77,8 @@ class Config:
     poison_pill_limit: int = 3
     config_file: str | None = None
     rails_root: str | None = None  # the app root: where config/sidekiq.yml is looked for (cwd if unset)
+    sidekiq_config: str = "auto"  # where Sidekiq's settings come from: auto | sidecar | print | file
+    config_wait: float = 60.0  # seconds to wait for a booting sidecar's GET /config
 
     def __post_init__(self) -> None:
         # Accept lists from callers building a Config by hand; store tuples so the value stays hashable.
@@ -385,6 +387,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("environment", "-e", "--environment", parse=_nonempty_text, metavar="ENV", yaml=(),
          env=("APP_ENV", "RAILS_ENV", "RACK_ENV"),
          help="application environment; picks the matching section of the -C file (\"development\" if unset)"),
+    _opt("sidekiq_config", "--sidekiq-config", parse=_choice("auto", "sidecar", "print", "file"), metavar="SOURCE",
+         yaml=(), help="where Sidekiq's settings come from: the sidecar's GET /config, resolved by Sidekiq's own "
+                       "code (sidecar; auto falls back to file when no sidecar answers), fastworker-sidecar "
+                       "--print-config (print), or fastworker's own YAML/ERB reader (file)"),
+    _opt("config_wait", "--config-wait", parse=_float_at_least(0, "a non-negative number of seconds"),
+         metavar="SECONDS", yaml=(), help="how long to wait for a booting sidecar's configuration"),
     _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
          env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too)"),
     _opt("sidecar_url", "--sidecar-url", parse=_sidecar_url, metavar="URL", help="base URL of the Rails sidecar"),
@@ -405,8 +413,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("sidekiq_version", "--sidekiq-version", parse=_choice("auto", "6", "7", "8"), metavar="V",
          help="retry jitter and timestamp flavour: auto (per job), 6, 7 or 8"),
     _opt("poll_interval", "--poll-interval", parse=_float_at_least(0, "a positive number of seconds", strict=True),
-         metavar="SECONDS", yaml=("poll_interval", "poll_interval_average"),
-         help="average seconds between scheduled/retry set polls"),
+         metavar="SECONDS", yaml=("poll_interval", "average_scheduled_poll_interval", "poll_interval_average"),
+         help="average seconds between scheduled/retry set polls; fastworker's 1 s default is deliberately "
+              "faster than Sidekiq's 5 s (:average_scheduled_poll_interval: in the file is honoured)"),
     _opt("heartbeat_interval", "--heartbeat-interval",
          parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
          help="seconds between process heartbeats"),
@@ -552,13 +561,30 @@ def _redis_provider(env: Mapping[str, str]) -> tuple[str, ...]:
     return (provider,)
 
 
-def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
+def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Mapping[str, Any] | None = None,
+                     *, read_file: bool = True, sources_out: dict[str, str] | None = None) -> Config:
+    """The layers, highest first (docs/design.md, "Configuration sources"):
+
+    1. fastworker's flags;  2. FASTWORKER_* variables;
+    3. ``sidekiq``, Sidekiq's own answer (fastworker/sidekiq_config.py) when there is one: CLI arguments
+       given to the sidecar, the YAML, the app's configure_server blocks, in Sidekiq's order, and the
+       variables Sidekiq itself reads (REDIS_URL, RAILS_MAX_THREADS, ...) as the sidecar saw them;
+    4. the other variables (REDIS_URL, APP_ENV/RAILS_ENV/RACK_ENV, RAILS_ROOT);
+    5. without an answer: the -C file, or the config/sidekiq.yml found under the app root, read by the
+       Python reader; then RAILS_MAX_THREADS;
+    6. defaults by the app's Sidekiq version (concurrency, tag); 7. fastworker's defaults.
+    ``read_file=False`` stops before the file (the first pass, which only needs to know how to ask).
+    """
+    from . import sidekiq_config
+
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
     def take(opt: Option, raw: object, source: str, *, from_file: bool = False) -> None:
         values[opt.field] = _parse(opt, raw, source, from_file=from_file)
         sources[opt.field] = source
+
+    answer = sidekiq_config.answer_layer(sidekiq, _YAML_KEYS) if sidekiq is not None else {}
 
     # Layers from the highest precedence down; a field keeps the first value it gets.
     for opt in OPTIONS:
@@ -568,28 +594,45 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     if getattr(ns, "verbose", False) and "log_level" not in values:
         values["log_level"], sources["log_level"] = "debug", "--verbose"
 
+    later_env: list[tuple[Option, tuple[str, str]]] = []
     for opt in OPTIONS:
         if opt.field in values:
             continue
         found = _from_env(opt, env)
-        if found is not None:
+        if found is None:
+            continue
+        if found[0].startswith("FASTWORKER_") or opt.field not in answer:
             take(opt, found[1], found[0])
+        else:
+            later_env.append((opt, found))  # Sidekiq read this variable too; its answer comes first
+
+    for field, (raw, source) in answer.items():
+        if field not in values:
+            take(_BY_FIELD[field], raw, source, from_file=True)
+    for opt, (name, raw) in later_env:
+        if opt.field not in values:
+            take(opt, raw, name)
 
     config_file = values.get("config_file")
-    if config_file is None:
-        found = discover_config_file(values.get("rails_root"))
-        if found is not None:
-            values["config_file"] = config_file = found
-            sources["config_file"] = found
-    if config_file is not None:
-        # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
-        section = values.get("environment") or "development"
-        for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
-            if key not in values:
-                take(_BY_FIELD[key], raw, source, from_file=True)
+    if sidekiq is None and read_file:
+        if config_file is None:
+            found_file = discover_config_file(values.get("rails_root"))
+            if found_file is not None:
+                values["config_file"] = config_file = found_file
+                sources["config_file"] = found_file
+        if config_file is not None:
+            # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
+            section = values.get("environment") or "development"
+            for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
+                if key not in values:
+                    take(_BY_FIELD[key], raw, source, from_file=True)
 
-    if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
-        take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+        if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
+            take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+
+    _version_defaults(values, sources, sidekiq)
+    if sources_out is not None:
+        sources_out.update(sources)
 
     config = Config(**values)
     if config.process_ttl <= config.heartbeat_interval:
@@ -604,6 +647,43 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
             f"got {config.heartbeat_interval:g}"
         )
     return config
+
+
+def _version_defaults(values: dict[str, Any], sources: dict[str, str], sidekiq: Mapping[str, Any] | None) -> None:
+    """Defaults that follow the app's Sidekiq (from the sidecar's answer, else the app's Gemfile.lock):
+    concurrency 5 on 7.x+ (10 on 6.x, fastworker's default), the retry flavour, and the tag from the app
+    folder's name (Sidekiq's ``default_tag``; the sidecar's answer already carries it)."""
+    from . import sidekiq_config
+
+    root = values.get("rails_root")
+    version = (sidekiq or {}).get("sidekiq_version") or sidekiq_config.app_sidekiq_version(root)
+    major = sidekiq_config.sidekiq_major(version)
+    if major is not None:
+        label = f"default for the app's Sidekiq {version}"
+        if major >= 7 and "concurrency" not in values:
+            values["concurrency"], sources["concurrency"] = 5, label
+        if "sidekiq_version" not in values:
+            values["sidekiq_version"], sources["sidekiq_version"] = str(min(max(major, 6), 8)), label
+    if "tag" not in values and sidekiq is None:
+        tag = default_tag(root or ".")
+        if tag:
+            values["tag"], sources["tag"] = tag, "default: the app folder's name"
+
+
+def default_tag(root: str) -> str:
+    """Sidekiq's ``default_tag`` for a Rails app folder (one with config/application.rb): its name, or
+    for a Capistrano release (``<app>/releases/20240101120000``) the app's name; "" for any other folder."""
+    import os
+
+    path = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(path, "config", "application.rb")):
+        return ""
+    name = os.path.basename(path)
+    parent = os.path.dirname(path)
+    leading = re.match(r"\s*[+-]?\d+", name)  # Ruby's String#to_i reads the leading digits
+    if leading and int(leading.group()) != 0 and os.path.basename(parent) == "releases":
+        return os.path.basename(os.path.dirname(parent))
+    return name
 
 
 # ---------------------------------------------------------------------------------------------------------

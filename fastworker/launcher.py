@@ -51,9 +51,23 @@ def redis_client(url: str, max_connections: int, blocking: bool = False) -> Any:
     return connect(url, max_connections=max_connections, blocking=blocking)
 
 
+def effective_config(config: Config, sources: dict[str, str]) -> dict[str, Any]:
+    """The configuration as it is used, each value with where it came from (logged once at startup);
+    the Redis URL without its password."""
+    from dataclasses import asdict
+
+    from .redis_url import redact
+
+    values = asdict(config)
+    values["redis_url"] = redact(config.redis_url)
+    return {"values": values, "sources": {k: sources.get(k, "default") for k in values}}
+
+
 class Launcher:
-    def __init__(self, config: Config, clock: Clock = REAL_CLOCK, identity: str | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock = REAL_CLOCK, identity: str | None = None,
+                 sources: dict[str, str] | None = None) -> None:
         self.config = config
+        self.config_sources = sources or {}
         self.clock = clock
         self.identity = identity or make_identity()
         self.keys = Keys(config.namespace)
@@ -101,6 +115,7 @@ class Launcher:
         self._tasks.append(loop.create_task(self._flush_logs()))
         self._tasks.append(loop.create_task(self._breaker_probe()))
         self.fetch_task = loop.create_task(self.fetcher.run())
+        log.info("config", **effective_config(c, self.config_sources))
         log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
                  sidecar_url=c.sidecar_url, core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
@@ -274,16 +289,16 @@ class Launcher:
         return True, "ok"
 
 
-async def _amain(config: Config) -> int:
-    launcher = Launcher(config)
+async def _amain(config: Config, sources: dict[str, str] | None = None) -> int:
+    launcher = Launcher(config, sources=sources)
     launcher.install_signals()
     return await launcher.run()
 
 
-def run(config: Config) -> int:
+def run(config: Config, sources: dict[str, str] | None = None) -> int:
     """Entry point used by the CLI: uvloop, JSON logs, run until stopped."""
     import uvloop
 
     configure(config.log_level, config.log_format)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_amain(config))
+        return runner.run(_amain(config, sources))

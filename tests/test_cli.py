@@ -154,7 +154,7 @@ def fake_launcher(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     module = types.ModuleType("fastworker.launcher")
     state = types.SimpleNamespace(received=received, code=0)
 
-    def run(config: Config) -> int | None:
+    def run(config: Config, sources: dict[str, str] | None = None) -> int | None:
         received.append(config)
         return state.code
 
