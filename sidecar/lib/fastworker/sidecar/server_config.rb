@@ -2,6 +2,7 @@
 
 require "json"
 require "uri"
+require "set"
 
 module Fastworker
   module Sidecar
@@ -74,7 +75,28 @@ module Fastworker
         }
         out.merge!(modern? ? modern_queues(opts) : legacy_queues(opts))
         out.merge!(redis_settings)
+        out["options"] = plain_options
         out
+      end
+
+      # Every option Sidekiq holds whose value is plain data (numbers, strings, lists of them):
+      # the YAML file's other keys end up here too (a fastworker key such as :heartbeat_interval:
+      # is merged in like any other), so the worker reads them from Sidekiq's parse as well.
+      def plain_options
+        hash = modern? ? ::Sidekiq.default_configuration.instance_variable_get(:@options) : ::Sidekiq.options
+        hash.each_with_object({}) do |(key, value), h|
+          value = value.to_a if value.is_a?(Set)
+          h[key.to_s] = value if plain?(value)
+        end
+      end
+
+      def plain?(value)
+        case value
+        when String, Integer, Float, true, false, nil then true
+        when Symbol then true
+        when Array then value.all? { |v| plain?(v) }
+        else false
+        end
       end
 
       def to_json
