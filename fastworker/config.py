@@ -468,7 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fastworker",
         description="Runs Sidekiq jobs from Redis through a Rails sidecar, in place of the Sidekiq server. "
-        "Precedence: flag > environment > -C file > default.",
+        "Configuration, first source wins: fastworker flags > FASTWORKER_* variables > Sidekiq's answer "
+        "(--sidekiq-config: the sidecar's GET /config, resolved by Sidekiq's own code from its CLI args, "
+        "config/sidekiq.yml and the app's configure_server blocks) > REDIS_URL, RAILS_ENV & co > "
+        "without an answer: -C or config/sidekiq.yml(.erb) under the app root (-r) > defaults by the app's "
+        "Sidekiq version > fastworker defaults. -L, -P, -d are accepted and ignored, as in Sidekiq 6.",
         add_help=False,
         allow_abbrev=False,
     )
