@@ -27,7 +27,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import capsules as capsule_rules
 from . import erb
+from .capsules import Capsule
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "build_parser", "config_from_args", "load_config", "parse_args"]
 
@@ -79,11 +81,27 @@ class Config:
     rails_root: str | None = None  # the app root: where config/sidekiq.yml is looked for (cwd if unset)
     sidekiq_config: str = "auto"  # where Sidekiq's settings come from: auto | sidecar | print | file
     config_wait: float = 60.0  # seconds to wait for a booting sidecar's GET /config
+    capsules: tuple[Capsule, ...] = ()  # Sidekiq 7+ capsules besides the default one (queues/concurrency)
 
     def __post_init__(self) -> None:
         # Accept lists from callers building a Config by hand; store tuples so the value stays hashable.
         object.__setattr__(self, "queues", tuple((str(n), int(w)) for n, w in self.queues))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "capsules", tuple(self.capsules))
+
+    @property
+    def all_capsules(self) -> tuple[Capsule, ...]:
+        """The default capsule (the top-level queues and concurrency) first, then the others."""
+        return (Capsule("default", self.concurrency, self.queues), *self.capsules)
+
+    @property
+    def total_concurrency(self) -> int:
+        return sum(c.concurrency for c in self.all_capsules)
+
+    @property
+    def all_queue_names(self) -> tuple[str, ...]:
+        """Every queue this process fetches from, in capsule order."""
+        return tuple(name for c in self.all_capsules for name, _ in c.queues)
 
     @property
     def strict(self) -> bool:
@@ -334,6 +352,20 @@ def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
     return refuse_duplicate_queues(out)
 
 
+def _capsules_from_args(raw: object) -> tuple[Capsule, ...]:
+    try:
+        return capsule_rules.parse_flags(raw, lambda text: refuse_duplicate_queues(parse_queue_arg(text)))
+    except capsule_rules.CapsuleError as exc:
+        raise _Bad("", str(exc)) from None
+
+
+def _capsules_from_yaml(raw: object) -> tuple[Capsule, ...]:
+    try:
+        return capsule_rules.parse_mapping(raw, _queues_from_yaml)
+    except capsule_rules.CapsuleError as exc:
+        raise _Bad("", str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The option table
 # ---------------------------------------------------------------------------------------------------------
@@ -375,6 +407,11 @@ OPTIONS: tuple[Option, ...] = (
          metavar="QUEUES", repeatable=True,
          help="queues in strict order (critical,default), weighted (critical:3,default:1) or Sidekiq's "
               "-q critical,3; repeatable, occurrences concatenate"),
+    _opt("capsules", "--capsule", parse=_capsules_from_args, parse_file=_capsules_from_yaml, repeatable=True,
+         env=("FASTWORKER_CAPSULES",),
+         metavar="NAME=N:QUEUES", help="a Sidekiq 7 capsule: its own fetch pool with N jobs at once over QUEUES "
+                                       "(single=1:single, bulk=4:bulk:3,low); repeatable; ';' between them in "
+                                       "the environment; :capsules: in the file"),
     _opt("concurrency", "-c", "--concurrency", parse=_int_at_least(1, "a positive integer"), metavar="N",
          help="jobs run at once (falls back to RAILS_MAX_THREADS, as Sidekiq does)"),
     _opt("config_file", "-C", "--config", parse=_nonempty_text, metavar="FILE", yaml=(),
@@ -639,6 +676,7 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Ma
         sources_out.update(sources)
 
     config = Config(**values)
+    config = _settle_capsules(config, sources.get("capsules", "--capsule"))
     if config.process_ttl <= config.heartbeat_interval:
         # The process record would expire between heartbeats. Blame whichever of the two was set.
         if "process_ttl" in sources or "heartbeat_interval" not in sources:
@@ -651,6 +689,24 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Ma
             f"got {config.heartbeat_interval:g}"
         )
     return config
+
+
+def _settle_capsules(config: Config, source: str) -> Config:
+    """A capsule without its own concurrency takes the top-level one (Sidekiq 7's Capsule.new); a queue
+    belongs to one capsule only, so that its jobs have one concurrency limit."""
+    if not config.capsules:
+        return config
+    owner: dict[str, str] = {}
+    for cap in config.all_capsules:
+        for name, _ in cap.queues:
+            if name in owner:
+                raise ConfigError(f"{source}: queue {name!r} is in capsules {owner[name]!r} and {cap.name!r}; "
+                                  f"a queue belongs to one capsule")
+            owner[name] = cap.name
+    from dataclasses import replace
+
+    settled = tuple(c if c.concurrency else replace(c, concurrency=config.concurrency) for c in config.capsules)
+    return replace(config, capsules=settled)
 
 
 def _version_defaults(values: dict[str, Any], sources: dict[str, str], sidekiq: Mapping[str, Any] | None) -> None:

@@ -32,6 +32,7 @@ import orjson
 
 from . import __version__
 from .broker import REDIS_ERRORS
+from .capsules import queue_mode
 from .log import log
 
 CLEAR_TIMEOUT = 3.0  # seconds the final SREM/UNLINK may take before shutdown goes on without it
@@ -50,30 +51,25 @@ def rss_kb() -> int:
     return 0
 
 
-def queue_mode(weights: dict[str, int]) -> str:
-    """Sidekiq 8's capsule mode: strict (no weights), random (all 1) or weighted."""
-    if all(w == 0 for w in weights.values()):
-        return "strict"
-    if all(w == 1 for w in weights.values()):
-        return "random"
-    return "weighted"
-
-
 def process_info(launcher: Any) -> dict[str, Any]:
-    """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table)."""
+    """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table). With capsules,
+    as 7.x/8.x's Launcher#to_data: ``capsules`` is name -> {concurrency, mode, weights} (Capsule#to_h),
+    ``queues`` every capsule's queues once, ``weights`` one hash per capsule; ``concurrency`` (read by
+    6.x and by ProcessSet#total_concurrency) is the sum."""
     c = launcher.config
-    weights: dict[str, int] = {}
-    for name, weight in c.queues:
-        weights[name] = weight  # a repeated name keeps its last weight, as Sidekiq's Hash does
+    capsules: dict[str, Any] = {}
+    for cap in c.all_capsules:
+        weights = cap.weights  # a name is in one capsule once: duplicates are refused when read
+        capsules[cap.name] = {"concurrency": cap.concurrency, "mode": queue_mode(weights), "weights": weights}
     return {
         "hostname": os.environ.get("DYNO") or socket.gethostname(),
         "started_at": float(launcher.started_at),
         "pid": os.getpid(),
         "tag": c.tag or "",
-        "concurrency": c.concurrency,
+        "concurrency": c.total_concurrency,
         "queues": list(launcher.queue_names),
-        "weights": [weights],
-        "capsules": {"default": {"concurrency": c.concurrency, "mode": queue_mode(weights), "weights": weights}},
+        "weights": [cap["weights"] for cap in capsules.values()],
+        "capsules": capsules,
         "labels": list(c.labels),
         "identity": launcher.identity,
         # shown by the 7.x/8.x Busy page when it differs from the UI's own Sidekiq version
@@ -195,7 +191,7 @@ class Heartbeat:
                     "quiet": "true" if quiet else "false",
                     "rss": rss_kb(),
                     "rtt_us": rtt_us,
-                    "concurrency": L.config.concurrency,
+                    "concurrency": L.config.total_concurrency,
                 })
                 p.expire(self.key, self.ttl)
                 p.rpop(self.signals_key)

@@ -26,7 +26,7 @@ from .breaker import Breaker
 from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
 from .config import Config
-from .fetcher import Fetcher
+from .fetch_pools import FetchPools
 from .heartbeat import Heartbeat
 from .http_server import HttpServer
 from .keys import Keys
@@ -71,11 +71,7 @@ class Launcher:
         self.clock = clock
         self.identity = identity or make_identity()
         self.keys = Keys(config.namespace)
-        names: list[str] = []
-        for name, _ in config.queues:
-            if name not in names:
-                names.append(name)
-        self.queue_names = names
+        self.queue_names = list(config.all_queue_names)  # every capsule's queues
         self.health = RedisHealth()
         self.stopping = False
         self.quiet = False
@@ -93,20 +89,20 @@ class Launcher:
         self.blocking_redis = redis_client(c.redis_url, max_connections=len(self.queue_names) + 2, blocking=True)
         self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
         await self.broker.register()
-        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout)
+        self.sidecar = SidecarClient(c.sidecar_url, c.total_concurrency, c.sidecar_connect_timeout, c.job_timeout)
         await self.sidecar.start()
         if not await self.sidecar.health():  # also learns whether /perform_batch is there
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
         self.metrics = Metrics(self)
-        self.planner = BatchPlanner(c.concurrency, self.sidecar.offer)
+        self.planner = BatchPlanner(c.total_concurrency, self.sidecar.offer)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
                                    retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
                                    c.dead_timeout, self.planner, self.metrics)
         self.manager = Manager(self.processor, self.limiter, self.broker, self.clock)
-        self.fetcher = Fetcher(self.broker, self.limiter, self.manager, self.processor, self.breaker,
-                               self.planner, c.queues)
+        self.fetcher = FetchPools(c, self.broker, self.manager, self.processor, self.breaker, self.planner,
+                                  self.limiter)
         # the loops beside the job path, started before the fetcher so that what they watch exists
         for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self)):
             await comp.start()
@@ -116,7 +112,8 @@ class Launcher:
         self._tasks.append(loop.create_task(self._breaker_probe()))
         self.fetch_task = loop.create_task(self.fetcher.run())
         log.info("config", **effective_config(c, self.config_sources))
-        log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
+        log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.total_concurrency,
+                 capsules={cap.name: cap.concurrency for cap in c.all_capsules},
                  sidecar_url=c.sidecar_url, core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
 

@@ -55,6 +55,7 @@ _FIELDS = {
     "namespace": "namespace",
     "environment": "environment",
     "config_file": "config_file",
+    "capsules": "capsules",
 }
 _SIDEKIQ_DEFAULT_SCHEDULED_POLL = 5  # DEFAULTS[:average_scheduled_poll_interval] in 6.4.1 through 8.x
 

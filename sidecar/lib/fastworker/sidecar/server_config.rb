@@ -117,7 +117,8 @@ module Fastworker
       # their own fetch pools.
       def modern_queues(cfg)
         capsules = cfg.capsules.each_with_object({}) do |(name, cap), h|
-          h[name] = {"concurrency" => cap.concurrency, "queues" => cap.queues.map { |q| [q, cap.weights[q].to_i] }}
+          # weights is name => weight in the order given (queues is the expanded list)
+          h[name] = {"concurrency" => cap.concurrency, "queues" => cap.weights.map { |q, w| [q, w.to_i] }}
         end
         default = capsules.delete("default") || {"concurrency" => cfg[:concurrency], "queues" => [["default", 0]]}
         {"queues" => default["queues"], "concurrency" => default["concurrency"], "capsules" => capsules}
