@@ -14,6 +14,8 @@ writes it, so a fastworker process shows up (and obeys Quiet/Stop) like any Side
 * a beat at start, then every ``heartbeat_interval`` (5 s, Sidekiq 6's BEAT_PAUSE), and at once when
   the process turns quiet or starts stopping, so the UI shows it without waiting.
 * a failed beat is a Redis error like any other (``health.failed``); the loop carries on.
+* after a beat that landed: the Sidekiq 7+/8 job metrics counted since the last one (job_metrics.py), in
+  a pipeline of their own, as Sidekiq's ExecutionTracker flushes on ``:beat``.
 * on stop: ``SREM processes`` and ``UNLINK`` both busy hashes (the record itself expires, as in
   Sidekiq's ``clear_heartbeat``).
 """
@@ -129,6 +131,7 @@ class Heartbeat:
             log.warn("heartbeat_clear_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 
     async def _clear(self) -> None:
+        await self._flush_job_metrics(time.time())  # the last jobs' metrics, as Sidekiq's final beat
         async with self.launcher.redis.pipeline(transaction=True) as p:
             p.srem(self.processes_key, self.launcher.identity)
             p.unlink(self.work_key, self.workers_key)
@@ -203,6 +206,7 @@ class Heartbeat:
             log.error("heartbeat_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
             return False
         L.health.succeeded()
+        await self._flush_job_metrics(now)
         self._had_busy = bool(busy)
         self.beats += 1
         self.last_beat = now
@@ -223,6 +227,25 @@ class Heartbeat:
             log.info("remote_signal", signal=name, identity=L.identity)
             L.handle_signal_name(name)
         return True
+
+    async def _flush_job_metrics(self, now: float) -> None:
+        """Sidekiq 7+/8's job metrics counted since the last beat (fastworker/job_metrics.py), as its
+        ExecutionTracker flushes them on every beat; counts that did not land go with the next beat."""
+        jm = getattr(self.launcher, "job_metrics", None)
+        if jm is None:
+            return
+        rows = jm.take()
+        commands = jm.commands(rows, now)
+        if not commands:
+            return
+        try:
+            async with self.launcher.redis.pipeline(transaction=False) as p:
+                for command in commands:
+                    p.execute_command(*command)
+                await p.execute()
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the heartbeat
+            jm.restore(rows)
+            log.warn("job_metrics_flush_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 
     def _metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

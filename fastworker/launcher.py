@@ -30,6 +30,7 @@ from .fetch_pools import FetchPools
 from .heartbeat import Heartbeat
 from .http_server import HttpServer
 from .keys import Keys
+from .job_metrics import JobMetrics
 from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
@@ -95,6 +96,7 @@ class Launcher:
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
+        self.job_metrics = JobMetrics.for_version(c.sidekiq_version, self.keys)  # None on 6.x
         self.metrics = Metrics(self)
         self.planner = BatchPlanner(c.total_concurrency, self.sidecar.offer)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
