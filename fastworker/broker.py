@@ -208,32 +208,42 @@ class Broker:
 
     # -- fetch -------------------------------------------------------------------------------
 
-    async def fetch(self, n: int, orders: bytes = b"") -> list[tuple[str, bytes]]:
+    def view(self, queues: Sequence[str]) -> "QueueView":
+        """This broker, fetching from ``queues`` only (one capsule's fetch pool)."""
+        return QueueView(self, queues)
+
+    async def fetch(self, n: int, orders: bytes = b"", view: "QueueView | None" = None) -> list[tuple[str, bytes]]:
         """Land the queued acks and counters, and move up to ``n`` jobs into the in-progress lists,
         in one call; return the fetched (queue, raw) pairs.
 
         ``orders``: b"" for strict order, else ``n`` permutations of queue indexes (1-based bytes).
         Raises a Redis error on failure (the caller backs off); the acks then wait for the next call.
         """
+        while self._fetching is not None:  # another capsule's fetch is under way: one call at a time
+            await asyncio.shield(self._fetching)
         self._fetching = asyncio.get_running_loop().create_future()
         try:
-            flat = await self._ack_fetch(n, orders)
+            if view is None:
+                flat = await self._ack_fetch(n, orders, self._queue_keys, self._queue_index)
+            else:
+                flat = await self._ack_fetch(n, orders, view.queue_keys, view.queue_index)
         finally:
             self._fetching.set_result(None)
             self._fetching = None
-        queues = self.queues
+        queues = self.queues if view is None else view.queues
         return [(queues[flat[i] - 1], flat[i + 1]) for i in range(0, len(flat), 2)]
 
-    async def _ack_fetch(self, n: int, orders: bytes) -> list[Any]:
+    async def _ack_fetch(self, n: int, orders: bytes, queue_keys: list[str] | None = None,
+                         queue_index: dict[str, int] | None = None) -> list[Any]:
         acks, self._acks = self._acks, []
         processed, self._processed = self._processed, 0
         failed, self._failed = self._failed, 0
         day = utc_day(time.time())
         k = self.keys
         keys = [k.stat_processed, k.stat_processed_day(day), k.stat_failed, k.stat_failed_day(day)]
-        keys += self._queue_keys
-        args: list[int | bytes] = [n, orders, processed, failed, STATS_TTL]
-        index = self._queue_index
+        keys += self._queue_keys if queue_keys is None else queue_keys
+        args: list[int | bytes] = [n, orders, processed, failed, STATS_TTL, len(keys) // 2 - 2]
+        index = self._queue_index if queue_index is None else queue_index
         for queue, raw in acks:
             i = index.get(queue)
             if i is None:  # a queue this process does not fetch from (never expected): its own pair
@@ -392,3 +402,22 @@ class Broker:
     async def drop(self, queue: str, raw: bytes, processed: int = 1, failed: int = 1) -> None:
         """Remove a finished job that goes nowhere (retry: false, discard)."""
         self.ack(queue, raw, processed, failed)
+
+
+class QueueView:
+    """One capsule's side of the Broker: ``fetch`` moves jobs from its queues only; everything else
+    (acks, requeues, the blocking wait, health) is the Broker's, so the Redis use stays in one place."""
+
+    def __init__(self, broker: Broker, queues: Sequence[str]) -> None:
+        self.broker = broker
+        self.queues = list(queues)
+        self.queue_keys: list[str] = []
+        for q in self.queues:
+            self.queue_keys += (broker.keys.queue(q), broker.inprogress_key(q))
+        self.queue_index = {q: i + 1 for i, q in enumerate(self.queues)}
+
+    async def fetch(self, n: int, orders: bytes = b"") -> list[tuple[str, bytes]]:
+        return await self.broker.fetch(n, orders, self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.broker, name)

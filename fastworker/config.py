@@ -3,7 +3,10 @@
 Duties:
 1. Declare every option once (``OPTIONS``): its Config field, flags, environment variables, YAML keys,
    parser and help text. The argparse parser, the env reader and the YAML reader are all built from it.
-2. Resolve each field by precedence: flag > environment > file (``-C``) > default.
+2. Resolve each field by precedence: flag > environment > file (``-C``, or the ``config/sidekiq.yml`` /
+   ``config/sidekiq.yml.erb`` found under the app root as Sidekiq's CLI finds it) > default.
+   (The Sidekiq-side answer from the sidecar, when one is used, is a layer of its own: see
+   fastworker/sidekiq_config.py.)
 3. Read a Sidekiq ``config/sidekiq.yml`` as Sidekiq does (``cli.rb#parse_config``): ERB first (a small,
    safe subset: ENV lookups and literals, never Ruby), then YAML with ``:symbol`` keys, then the section
    named after the environment merged over the top level. Unknown keys are ignored, as Sidekiq does.
@@ -24,7 +27,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import capsules as capsule_rules
 from . import erb
+from .capsules import Capsule
 from .redact import redact_url
 
 __all__ = ["OPTIONS", "Config", "ConfigError", "build_parser", "config_from_args", "load_config", "parse_args"]
@@ -43,8 +48,8 @@ class ConfigError(Exception):
 class Config:
     """Everything the worker needs to know, already validated.
 
-    ``queues`` holds ``(name, weight)`` pairs in the order given, duplicates included; weight 0 means no
-    weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
+    ``queues`` holds ``(name, weight)`` pairs in the order given (a name appears once: duplicates are
+    refused when read, as Sidekiq refuses them); weight 0 means no weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
     ``expanded_queues``.
     """
 
@@ -78,11 +83,30 @@ class Config:
     sidecar_connect_timeout: float = 5.0
     poison_pill_limit: int = 3
     config_file: str | None = None
+    rails_root: str | None = None  # the app root: where config/sidekiq.yml is looked for (cwd if unset)
+    sidekiq_config: str = "auto"  # where Sidekiq's settings come from: auto | sidecar | print | file
+    config_wait: float = 60.0  # seconds to wait for a booting sidecar's GET /config
+    capsules: tuple[Capsule, ...] = ()  # Sidekiq 7+ capsules besides the default one (queues/concurrency)
 
     def __post_init__(self) -> None:
         # Accept lists from callers building a Config by hand; store tuples so the value stays hashable.
         object.__setattr__(self, "queues", tuple((str(n), int(w)) for n, w in self.queues))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "capsules", tuple(self.capsules))
+
+    @property
+    def all_capsules(self) -> tuple[Capsule, ...]:
+        """The default capsule (the top-level queues and concurrency) first, then the others."""
+        return (Capsule("default", self.concurrency, self.queues), *self.capsules)
+
+    @property
+    def total_concurrency(self) -> int:
+        return sum(c.concurrency for c in self.all_capsules)
+
+    @property
+    def all_queue_names(self) -> tuple[str, ...]:
+        """Every queue this process fetches from, in capsule order."""
+        return tuple(name for c in self.all_capsules for name, _ in c.queues)
 
     @property
     def strict(self) -> bool:
@@ -288,6 +312,17 @@ def parse_queue_arg(token: str) -> list[tuple[str, int]]:
     return out
 
 
+def refuse_duplicate_queues(queues: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """The one place queue names are de-duplicated: Sidekiq's ``parse_queue`` refuses a name given twice
+    in one source (``-q a -q a``, or ``[a, a]`` in the file) with "queues: a cannot be defined twice"."""
+    seen: set[str] = set()
+    for name, _ in queues:
+        if name in seen:
+            raise _Bad("", f"queues: {name} cannot be defined twice")
+        seen.add(name)
+    return tuple(queues)
+
+
 def _queues_from_args(raw: object) -> tuple[tuple[str, int], ...]:
     tokens = raw if isinstance(raw, list) else [raw]
     out: list[tuple[str, int]] = []
@@ -295,7 +330,7 @@ def _queues_from_args(raw: object) -> tuple[tuple[str, int], ...]:
         if not isinstance(token, str):
             raise _Bad(_QUEUE_SYNTAX)
         out.extend(parse_queue_arg(token))
-    return tuple(out)
+    return refuse_duplicate_queues(out)
 
 
 def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
@@ -320,7 +355,21 @@ def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
             raise _Bad("name or [name, weight]", f"expected name or [name, weight], got {original!r}")
     if not out:
         raise _Bad("at least one queue", "expected at least one queue, got an empty list")
-    return tuple(out)
+    return refuse_duplicate_queues(out)
+
+
+def _capsules_from_args(raw: object) -> tuple[Capsule, ...]:
+    try:
+        return capsule_rules.parse_flags(raw, lambda text: refuse_duplicate_queues(parse_queue_arg(text)))
+    except capsule_rules.CapsuleError as exc:
+        raise _Bad("", str(exc)) from None
+
+
+def _capsules_from_yaml(raw: object) -> tuple[Capsule, ...]:
+    try:
+        return capsule_rules.parse_mapping(raw, _queues_from_yaml)
+    except capsule_rules.CapsuleError as exc:
+        raise _Bad("", str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,13 +413,29 @@ OPTIONS: tuple[Option, ...] = (
          metavar="QUEUES", repeatable=True,
          help="queues in strict order (critical,default), weighted (critical:3,default:1) or Sidekiq's "
               "-q critical,3; repeatable, occurrences concatenate"),
+    _opt("capsules", "--capsule", parse=_capsules_from_args, parse_file=_capsules_from_yaml, repeatable=True,
+         env=("FASTWORKER_CAPSULES",),
+         metavar="NAME=N:QUEUES", help="a Sidekiq 7 capsule: its own fetch pool with N jobs at once over QUEUES "
+                                       "(single=1:single, bulk=4:bulk:3,low); repeatable; ';' between them in "
+                                       "the environment; :capsules: in the file"),
     _opt("concurrency", "-c", "--concurrency", parse=_int_at_least(1, "a positive integer"), metavar="N",
          help="jobs run at once (falls back to RAILS_MAX_THREADS, as Sidekiq does)"),
     _opt("config_file", "-C", "--config", parse=_nonempty_text, metavar="FILE", yaml=(),
-         help="Sidekiq YAML config file (config/sidekiq.yml)"),
+         help="Sidekiq YAML config file; without it, config/sidekiq.yml or config/sidekiq.yml.erb under the "
+              "app root is used when present, as Sidekiq's CLI does"),
+    _opt("rails_root", "-r", "--rails-root", "--require", parse=_nonempty_text, metavar="DIR", yaml=(),
+         env=("RAILS_ROOT",),
+         help="the app root (Sidekiq's -r): where config/sidekiq.yml is looked for; default the working "
+              "directory"),
     _opt("environment", "-e", "--environment", parse=_nonempty_text, metavar="ENV", yaml=(),
          env=("APP_ENV", "RAILS_ENV", "RACK_ENV"),
          help="application environment; picks the matching section of the -C file (\"development\" if unset)"),
+    _opt("sidekiq_config", "--sidekiq-config", parse=_choice("auto", "sidecar", "print", "file"), metavar="SOURCE",
+         yaml=(), help="where Sidekiq's settings come from: the sidecar's GET /config, resolved by Sidekiq's own "
+                       "code (sidecar; auto falls back to file when no sidecar answers), fastworker-sidecar "
+                       "--print-config (print), or fastworker's own YAML/ERB reader (file)"),
+    _opt("config_wait", "--config-wait", parse=_float_at_least(0, "a non-negative number of seconds"),
+         metavar="SECONDS", yaml=(), help="how long to wait for a booting sidecar's configuration"),
     _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
          env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too)"),
     _opt("redis_ca_file", "--redis-ca-file", parse=_text, metavar="FILE",
@@ -396,8 +461,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("sidekiq_version", "--sidekiq-version", parse=_choice("auto", "6", "7", "8"), metavar="V",
          help="retry jitter and timestamp flavour: auto (per job), 6, 7 or 8"),
     _opt("poll_interval", "--poll-interval", parse=_float_at_least(0, "a positive number of seconds", strict=True),
-         metavar="SECONDS", yaml=("poll_interval", "poll_interval_average"),
-         help="average seconds between scheduled/retry set polls"),
+         metavar="SECONDS", yaml=("poll_interval", "average_scheduled_poll_interval", "poll_interval_average"),
+         help="average seconds between scheduled/retry set polls; fastworker's 1 s default is deliberately "
+              "faster than Sidekiq's 5 s (:average_scheduled_poll_interval: in the file is honoured)"),
     _opt("heartbeat_interval", "--heartbeat-interval",
          parse=_float_at_least(0, "a positive number of seconds", strict=True), metavar="SECONDS",
          help="seconds between process heartbeats"),
@@ -452,7 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fastworker",
         description="Runs Sidekiq jobs from Redis through a Rails sidecar, in place of the Sidekiq server. "
-        "Precedence: flag > environment > -C file > default.",
+        "Configuration, first source wins: fastworker flags > FASTWORKER_* variables > Sidekiq's answer "
+        "(--sidekiq-config: the sidecar's GET /config, resolved by Sidekiq's own code from its CLI args, "
+        "config/sidekiq.yml and the app's configure_server blocks) > REDIS_URL, RAILS_ENV & co > "
+        "without an answer: -C or config/sidekiq.yml(.erb) under the app root (-r) > defaults by the app's "
+        "Sidekiq version > fastworker defaults. -L, -P, -d are accepted and ignored, as in Sidekiq 6.",
         add_help=False,
         allow_abbrev=False,
     )
@@ -466,9 +536,32 @@ def build_parser() -> argparse.ArgumentParser:
             help=_env_help(opt),
         )
     parser.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    # Sidekiq 6.0 removed these; 6.4.1's CLI still accepts them, prints a notice and carries on. So do we,
+    # so that a `sidekiq ... -L log/sidekiq.log` command line keeps working unchanged.
+    parser.add_argument("-L", "--logfile", metavar="PATH", default=None,
+                        help="ignored with a warning, as in Sidekiq 6.x: logs go to stdout")
+    parser.add_argument("-P", "--pidfile", metavar="PATH", default=None,
+                        help="ignored with a warning, as in Sidekiq 6.x: use a process supervisor")
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="ignored with a warning, as in Sidekiq 6.x: use a process supervisor")
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+REMOVED_FLAG_NOTICES = {
+    "daemon": "-d/--daemon is ignored: daemonization was removed in Sidekiq 6.0; run fastworker under a "
+              "process supervisor",
+    "logfile": "-L/--logfile is ignored: logfile redirection was removed in Sidekiq 6.0; fastworker logs to "
+               "stdout only",
+    "pidfile": "-P/--pidfile is ignored: PID file creation was removed in Sidekiq 6.0; run fastworker under a "
+               "process supervisor",
+}
+
+
+def removed_flag_warnings(ns: argparse.Namespace) -> list[str]:
+    """One notice per Sidekiq flag that 6.x accepts but no longer honours (cli.rb prints one and goes on)."""
+    return [text for dest, text in REMOVED_FLAG_NOTICES.items() if getattr(ns, dest, None)]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -522,13 +615,30 @@ def _redis_provider(env: Mapping[str, str]) -> tuple[str, ...]:
     return (provider,)
 
 
-def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
+def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Mapping[str, Any] | None = None,
+                     *, read_file: bool = True, sources_out: dict[str, str] | None = None) -> Config:
+    """The layers, highest first (docs/design.md, "Configuration sources"):
+
+    1. fastworker's flags;  2. FASTWORKER_* variables;
+    3. ``sidekiq``, Sidekiq's own answer (fastworker/sidekiq_config.py) when there is one: CLI arguments
+       given to the sidecar, the YAML, the app's configure_server blocks, in Sidekiq's order, and the
+       variables Sidekiq itself reads (REDIS_URL, RAILS_MAX_THREADS, ...) as the sidecar saw them;
+    4. the other variables (REDIS_URL, APP_ENV/RAILS_ENV/RACK_ENV, RAILS_ROOT);
+    5. without an answer: the -C file, or the config/sidekiq.yml found under the app root, read by the
+       Python reader; then RAILS_MAX_THREADS;
+    6. defaults by the app's Sidekiq version (concurrency, tag); 7. fastworker's defaults.
+    ``read_file=False`` stops before the file (the first pass, which only needs to know how to ask).
+    """
+    from . import sidekiq_config
+
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
     def take(opt: Option, raw: object, source: str, *, from_file: bool = False) -> None:
         values[opt.field] = _parse(opt, raw, source, from_file=from_file)
         sources[opt.field] = source
+
+    answer = sidekiq_config.answer_layer(sidekiq, _YAML_KEYS) if sidekiq is not None else {}
 
     # Layers from the highest precedence down; a field keeps the first value it gets.
     for opt in OPTIONS:
@@ -538,25 +648,48 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     if getattr(ns, "verbose", False) and "log_level" not in values:
         values["log_level"], sources["log_level"] = "debug", "--verbose"
 
+    later_env: list[tuple[Option, tuple[str, str]]] = []
     for opt in OPTIONS:
         if opt.field in values:
             continue
         found = _from_env(opt, env)
-        if found is not None:
+        if found is None:
+            continue
+        if found[0].startswith("FASTWORKER_") or opt.field not in answer:
             take(opt, found[1], found[0])
+        else:
+            later_env.append((opt, found))  # Sidekiq read this variable too; its answer comes first
+
+    for field, (raw, source) in answer.items():
+        if field not in values:
+            take(_BY_FIELD[field], raw, source, from_file=True)
+    for opt, (name, raw) in later_env:
+        if opt.field not in values:
+            take(opt, raw, name)
 
     config_file = values.get("config_file")
-    if config_file is not None:
-        # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
-        section = values.get("environment") or "development"
-        for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
-            if key not in values:
-                take(_BY_FIELD[key], raw, source, from_file=True)
+    if sidekiq is None and read_file:
+        if config_file is None:
+            found_file = discover_config_file(values.get("rails_root"))
+            if found_file is not None:
+                values["config_file"] = config_file = found_file
+                sources["config_file"] = found_file
+        if config_file is not None:
+            # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
+            section = values.get("environment") or "development"
+            for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
+                if key not in values:
+                    take(_BY_FIELD[key], raw, source, from_file=True)
 
-    if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
-        take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+        if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
+            take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+
+    _version_defaults(values, sources, sidekiq)
+    if sources_out is not None:
+        sources_out.update(sources)
 
     config = Config(**values)
+    config = _settle_capsules(config, sources.get("capsules", "--capsule"))
     if config.process_ttl <= config.heartbeat_interval:
         # The process record would expire between heartbeats. Blame whichever of the two was set.
         if "process_ttl" in sources or "heartbeat_interval" not in sources:
@@ -571,9 +704,81 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str]) -> Config:
     return config
 
 
+def _settle_capsules(config: Config, source: str) -> Config:
+    """A capsule without its own concurrency takes the top-level one (Sidekiq 7's Capsule.new); a queue
+    belongs to one capsule only, so that its jobs have one concurrency limit."""
+    if not config.capsules:
+        return config
+    owner: dict[str, str] = {}
+    for cap in config.all_capsules:
+        for name, _ in cap.queues:
+            if name in owner:
+                raise ConfigError(f"{source}: queue {name!r} is in capsules {owner[name]!r} and {cap.name!r}; "
+                                  f"a queue belongs to one capsule")
+            owner[name] = cap.name
+    from dataclasses import replace
+
+    settled = tuple(c if c.concurrency else replace(c, concurrency=config.concurrency) for c in config.capsules)
+    return replace(config, capsules=settled)
+
+
+def _version_defaults(values: dict[str, Any], sources: dict[str, str], sidekiq: Mapping[str, Any] | None) -> None:
+    """Defaults that follow the app's Sidekiq (from the sidecar's answer, else the app's Gemfile.lock):
+    concurrency 5 on 7.x+ (10 on 6.x, fastworker's default), the retry flavour, and the tag from the app
+    folder's name (Sidekiq's ``default_tag``; the sidecar's answer already carries it)."""
+    from . import sidekiq_config
+
+    root = values.get("rails_root")
+    version = (sidekiq or {}).get("sidekiq_version") or sidekiq_config.app_sidekiq_version(root)
+    major = sidekiq_config.sidekiq_major(version)
+    if major is not None:
+        label = f"default for the app's Sidekiq {version}"
+        if major >= 7 and "concurrency" not in values:
+            values["concurrency"], sources["concurrency"] = 5, label
+        if "sidekiq_version" not in values:
+            values["sidekiq_version"], sources["sidekiq_version"] = str(min(max(major, 6), 8)), label
+    if "tag" not in values and sidekiq is None:
+        tag = default_tag(root or ".")
+        if tag:
+            values["tag"], sources["tag"] = tag, "default: the app folder's name"
+
+
+def default_tag(root: str) -> str:
+    """Sidekiq's ``default_tag`` for a Rails app folder (one with config/application.rb): its name, or
+    for a Capistrano release (``<app>/releases/20240101120000``) the app's name; "" for any other folder."""
+    import os
+
+    path = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(path, "config", "application.rb")):
+        return ""
+    name = os.path.basename(path)
+    parent = os.path.dirname(path)
+    leading = re.match(r"\s*[+-]?\d+", name)  # Ruby's String#to_i reads the leading digits
+    if leading and int(leading.group()) != 0 and os.path.basename(parent) == "releases":
+        return os.path.basename(os.path.dirname(parent))
+    return name
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Sidekiq YAML (-C)
 # ---------------------------------------------------------------------------------------------------------
+
+SIDEKIQ_YAML_NAMES = ("sidekiq.yml", "sidekiq.yml.erb")  # looked for in this order; the first found wins
+
+
+def discover_config_file(rails_root: str | None) -> str | None:
+    """Sidekiq 6.4.1's ``setup_options`` without ``-C``: ``<root>/config/sidekiq.yml``, else
+    ``<root>/config/sidekiq.yml.erb``, where root is ``-r`` when it is a directory, else the working
+    directory (a ``-r`` naming a file is Sidekiq's "require this file" and leaves the root at ".")."""
+    import os
+
+    root = rails_root if rails_root and os.path.isdir(rails_root) else "."
+    for name in SIDEKIQ_YAML_NAMES:
+        path = os.path.join(root, "config", name)
+        if os.path.exists(path):
+            return path
+    return None
+
 
 # YAML keys this module reads; everything else (:require:, :capsules:, :lifecycle_events:, ...) is ignored.
 _YAML_KEYS: dict[str, str] = {key: opt.field for opt in OPTIONS for key in opt.yaml}

@@ -124,8 +124,9 @@ class Fetcher:
             self.fetched += len(items)
             await self._dispatch(items)
             return
-        if self._deep and free < self.planner.size and self.manager.fast_in_flight:
-            # the queue is deep and fast jobs are running: they give their tokens back within a
+        if (self._deep and free < min(self.planner.size, self.limiter.capacity)
+                and self.limiter.in_use and self.manager.fast_in_flight):
+            # the queue is deep and fast jobs hold this pool's tokens: they give them back within a
             # request's time, so gather them for one batch instead of refilling them one request
             # each (the jobs meanwhile stay in Redis, where any process may take them). A queue
             # that is not deep gets every free token at once: latency comes first there.

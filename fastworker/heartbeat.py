@@ -14,6 +14,8 @@ writes it, so a fastworker process shows up (and obeys Quiet/Stop) like any Side
 * a beat at start, then every ``heartbeat_interval`` (5 s, Sidekiq 6's BEAT_PAUSE), and at once when
   the process turns quiet or starts stopping, so the UI shows it without waiting.
 * a failed beat is a Redis error like any other (``health.failed``); the loop carries on.
+* after a beat that landed: the Sidekiq 7+/8 job metrics counted since the last one (job_metrics.py), in
+  a pipeline of their own, as Sidekiq's ExecutionTracker flushes on ``:beat``.
 * on stop: ``SREM processes`` and ``UNLINK`` both busy hashes (the record itself expires, as in
   Sidekiq's ``clear_heartbeat``).
 """
@@ -32,6 +34,7 @@ import orjson
 
 from . import __version__
 from .broker import REDIS_ERRORS
+from .capsules import queue_mode
 from .clock import wait_event
 from .log import log
 
@@ -51,30 +54,25 @@ def rss_kb() -> int:
     return 0
 
 
-def queue_mode(weights: dict[str, int]) -> str:
-    """Sidekiq 8's capsule mode: strict (no weights), random (all 1) or weighted."""
-    if all(w == 0 for w in weights.values()):
-        return "strict"
-    if all(w == 1 for w in weights.values()):
-        return "random"
-    return "weighted"
-
-
 def process_info(launcher: Any) -> dict[str, Any]:
-    """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table)."""
+    """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table). With capsules,
+    as 7.x/8.x's Launcher#to_data: ``capsules`` is name -> {concurrency, mode, weights} (Capsule#to_h),
+    ``queues`` every capsule's queues once, ``weights`` one hash per capsule; ``concurrency`` (read by
+    6.x and by ProcessSet#total_concurrency) is the sum."""
     c = launcher.config
-    weights: dict[str, int] = {}
-    for name, weight in c.queues:
-        weights[name] = weight  # a repeated name keeps its last weight, as Sidekiq's Hash does
+    capsules: dict[str, Any] = {}
+    for cap in c.all_capsules:
+        weights = cap.weights  # a name is in one capsule once: duplicates are refused when read
+        capsules[cap.name] = {"concurrency": cap.concurrency, "mode": queue_mode(weights), "weights": weights}
     return {
         "hostname": os.environ.get("DYNO") or socket.gethostname(),
         "started_at": float(launcher.started_at),
         "pid": os.getpid(),
         "tag": c.tag or "",
-        "concurrency": c.concurrency,
+        "concurrency": c.total_concurrency,
         "queues": list(launcher.queue_names),
-        "weights": [weights],
-        "capsules": {"default": {"concurrency": c.concurrency, "mode": queue_mode(weights), "weights": weights}},
+        "weights": [cap["weights"] for cap in capsules.values()],
+        "capsules": capsules,
         "labels": list(c.labels),
         "identity": launcher.identity,
         # shown by the 7.x/8.x Busy page when it differs from the UI's own Sidekiq version
@@ -134,6 +132,7 @@ class Heartbeat:
             log.warn("heartbeat_clear_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 
     async def _clear(self) -> None:
+        await self._flush_job_metrics(time.time())  # the last jobs' metrics, as Sidekiq's final beat
         async with self.launcher.redis.pipeline(transaction=True) as p:
             p.srem(self.processes_key, self.launcher.identity)
             p.unlink(self.work_key, self.workers_key)
@@ -193,7 +192,7 @@ class Heartbeat:
                     "quiet": "true" if quiet else "false",
                     "rss": rss_kb(),
                     "rtt_us": rtt_us,
-                    "concurrency": L.config.concurrency,
+                    "concurrency": L.config.total_concurrency,
                 })
                 p.expire(self.key, self.ttl)
                 p.rpop(self.signals_key)
@@ -205,6 +204,7 @@ class Heartbeat:
             log.error("heartbeat_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
             return False
         L.health.succeeded()
+        await self._flush_job_metrics(now)
         self._had_busy = bool(busy)
         self.beats += 1
         self.last_beat = now
@@ -225,6 +225,25 @@ class Heartbeat:
             log.info("remote_signal", signal=name, identity=L.identity)
             L.handle_signal_name(name)
         return True
+
+    async def _flush_job_metrics(self, now: float) -> None:
+        """Sidekiq 7+/8's job metrics counted since the last beat (fastworker/job_metrics.py), as its
+        ExecutionTracker flushes them on every beat; counts that did not land go with the next beat."""
+        jm = getattr(self.launcher, "job_metrics", None)
+        if jm is None:
+            return
+        rows = jm.take()
+        commands = jm.commands(rows, now)
+        if not commands:
+            return
+        try:
+            async with self.launcher.redis.pipeline(transaction=False) as p:
+                for command in commands:
+                    p.execute_command(*command)
+                await p.execute()
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the heartbeat
+            jm.restore(rows)
+            log.warn("job_metrics_flush_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 
     def _metrics(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -62,6 +62,15 @@ class Keys:
         """This process's private list of jobs fetched from ``queue`` and not yet finished."""
         return f"{self.prefix}fastworker:inprogress:{identity}:{queue}"
 
+    def job_metrics(self, bucket: str) -> str:
+        """Sidekiq 7+'s per-minute (8.x: and per-10-minute) job metrics hash: ``j|<bucket>``."""
+        return f"{self.prefix}j|{bucket}"
+
+    def job_histogram(self, klass: str, window: str, major: int) -> str:
+        """Sidekiq 7+'s per-class, per-minute execution-time histogram (a BITFIELD of 26 u16):
+        ``<Class>-<window>`` on 7.x, ``h|<Class>-<window>`` on 8.x."""
+        return f"{self.prefix}{'h|' if major >= 8 else ''}{klass}-{window}"
+
     def inprogress_queues(self, identity: str) -> str:
         """Set of queue names this process has in-progress lists for (read by the recoverer)."""
         return f"{self.prefix}fastworker:inprogress-queues:{identity}"

@@ -26,10 +26,11 @@ from .breaker import Breaker
 from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
 from .config import Config
-from .fetcher import Fetcher
+from .fetch_pools import FetchPools
 from .heartbeat import Heartbeat
 from .http_server import HttpServer
 from .keys import Keys
+from .job_metrics import JobMetrics
 from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
@@ -51,17 +52,27 @@ def redis_client(url: str, max_connections: int, blocking: bool = False, tls: di
     return connect(url, max_connections=max_connections, blocking=blocking, tls=tls)
 
 
+def effective_config(config: Config, sources: dict[str, str]) -> dict[str, Any]:
+    """The configuration as it is used, each value with where it came from (logged once at startup);
+    the Redis URL without its password."""
+    from dataclasses import asdict
+
+    from .redis_url import redact
+
+    values = asdict(config)
+    values["redis_url"] = redact(config.redis_url)
+    return {"values": values, "sources": {k: sources.get(k, "default") for k in values}}
+
+
 class Launcher:
-    def __init__(self, config: Config, clock: Clock = REAL_CLOCK, identity: str | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock = REAL_CLOCK, identity: str | None = None,
+                 sources: dict[str, str] | None = None) -> None:
         self.config = config
+        self.config_sources = sources or {}
         self.clock = clock
         self.identity = identity or make_identity()
         self.keys = Keys(config.namespace)
-        names: list[str] = []
-        for name, _ in config.queues:
-            if name not in names:
-                names.append(name)
-        self.queue_names = names
+        self.queue_names = list(config.all_queue_names)  # every capsule's queues
         self.health = RedisHealth()
         self.stopping = False
         self.quiet = False
@@ -82,7 +93,7 @@ class Launcher:
         self.broker = Broker(self.redis, self.blocking_redis, self.keys, self.identity, self.queue_names, self.health)
         await self.broker.register()
         secret = signing.load_secret(os.environ)  # checked by the CLI already (exit 2 on a bad one)
-        self.sidecar = SidecarClient(c.sidecar_url, c.concurrency, c.sidecar_connect_timeout, c.job_timeout,
+        self.sidecar = SidecarClient(c.sidecar_url, c.total_concurrency, c.sidecar_connect_timeout, c.job_timeout,
                                      signing.Signer(secret) if secret else None, c.max_job_bytes)
         await self.sidecar.start()
         if await self.sidecar.health():  # also learns whether /perform_batch is there, and its processes
@@ -91,14 +102,15 @@ class Launcher:
             log.warn("sidecar_not_ready", sidecar_url=c.sidecar_url)
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
+        self.job_metrics = JobMetrics.for_version(c.sidekiq_version, self.keys)  # None on 6.x
         self.metrics = Metrics(self)
-        self.planner = BatchPlanner(c.concurrency, self.sidecar.offer)
+        self.planner = BatchPlanner(c.total_concurrency, self.sidecar.offer)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
                                    retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
                                    c.dead_timeout, self.planner, self.metrics)
         self.manager = Manager(self.processor, self.limiter, self.broker, self.clock)
-        self.fetcher = Fetcher(self.broker, self.limiter, self.manager, self.processor, self.breaker,
-                               self.planner, c.queues)
+        self.fetcher = FetchPools(c, self.broker, self.manager, self.processor, self.breaker, self.planner,
+                                  self.limiter)
         # the loops beside the job path, started before the fetcher so that what they watch exists
         for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self)):
             await comp.start()
@@ -107,7 +119,9 @@ class Launcher:
         self._tasks.append(loop.create_task(self._flush_logs()))
         self._tasks.append(loop.create_task(self._breaker_probe()))
         self.fetch_task = loop.create_task(self.fetcher.run())
-        log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.concurrency,
+        log.info("config", **effective_config(c, self.config_sources))
+        log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.total_concurrency,
+                 capsules={cap.name: cap.concurrency for cap in c.all_capsules},
                  sidecar_url=c.sidecar_url, sidecar_processes=self.sidecar.offer.processes,
                  sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
@@ -281,16 +295,16 @@ class Launcher:
         return True, "ok"
 
 
-async def _amain(config: Config) -> int:
-    launcher = Launcher(config)
+async def _amain(config: Config, sources: dict[str, str] | None = None) -> int:
+    launcher = Launcher(config, sources=sources)
     launcher.install_signals()
     return await launcher.run()
 
 
-def run(config: Config) -> int:
+def run(config: Config, sources: dict[str, str] | None = None) -> int:
     """Entry point used by the CLI: uvloop, JSON logs, run until stopped."""
     import uvloop
 
     configure(config.log_level, config.log_format)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_amain(config))
+        return runner.run(_amain(config, sources))

@@ -2,7 +2,8 @@
 
 Duties:
 1. spawn a task per job (the token is already taken) and keep the busy map the heartbeat publishes;
-2. on each finish: drop it from the busy map and release its token (in the task's ``finally``);
+2. on each finish: drop it from the busy map and release its token (in the task's ``finally``) to the
+   limiter of its queue's capsule;
    count the jobs of classes that share requests while they run (the fetch loop waits for them);
 3. ``drain(deadline)``: wait for in-flight jobs to finish;
 4. ``hard_shutdown()``: requeue every job still running, byte-identical at the head of its queue,
@@ -34,9 +35,12 @@ def _base36(n: int) -> str:
 
 
 class Manager:
-    def __init__(self, processor: Processor, limiter: Limiter, broker: Broker, clock: Clock) -> None:
+    def __init__(self, processor: Processor, limiter: Limiter, broker: Broker, clock: Clock,
+                 limiters: dict[str, Limiter] | None = None) -> None:
         self.processor = processor
         self.limiter = limiter
+        # capsules: the token of a job goes back to its queue's capsule (a queue is in one capsule)
+        self.limiters = limiters or {}
         self.broker = broker
         self.clock = clock
         self.busy: dict[str, Work] = {}
@@ -76,7 +80,7 @@ class Manager:
         if self.busy.pop(work.tid, None) is not None:
             if work.fast:
                 self.fast_in_flight -= 1
-            self.limiter.release()
+            self.limiters.get(work.queue, self.limiter).release()
         if not self.busy and self._idle is not None:
             self._idle.set()
 

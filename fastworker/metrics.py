@@ -139,6 +139,7 @@ def queue_latency(raw: bytes | None, now: float) -> float:
 class Metrics:
     def __init__(self, launcher: Any) -> None:
         self.launcher = launcher
+        self.job_metrics = getattr(launcher, "job_metrics", None)
         self.registry = CollectorRegistry(auto_describe=False)
         self._series: dict[tuple[str, str], _JobSeries] = {}
         self._sidecar: dict[str, _Histogram] = {}
@@ -197,6 +198,9 @@ class Metrics:
             s.failed += 1
         s.runtime.observe(elapsed)
         self.sidecar_call("done" if ok else "failed", elapsed)
+        jm = self.job_metrics
+        if jm is not None:  # Sidekiq 7+/8 apps: the Web UI's Metrics tab (fastworker/job_metrics.py)
+            jm.record(work.env.worker_class, elapsed, ok)
 
     def sidecar_call(self, outcome: str, elapsed: float) -> None:
         """One job handed to the sidecar: done, failed (the job raised), unavailable, or bad_job (400).

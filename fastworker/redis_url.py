@@ -53,3 +53,13 @@ def _sentinel(url: str, opts: dict[str, Any]) -> Any:
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in opts.items()
                                                                     if k not in ("max_connections",)})
     return sentinel.master_for(service, db=db, password=password, max_connections=opts["max_connections"])
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()

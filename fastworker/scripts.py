@@ -13,10 +13,12 @@
 #           per queue index (1-based) for every slot: slot i tries the queues in the order
 #           bytes[i*nq+1 .. i*nq+nq] (the per-fetch shuffled order of Sidekiq's weighted mode);
 # ARGV[3] = processed, ARGV[4] = failed, ARGV[5] = the per-day keys' TTL;
-# ARGV[6..] = acks: queue index (1-based), job, queue index, job, ...
+# ARGV[6] = nq, how many of the queue pairs are fetched from (the first nq; pairs after them are
+#           there only for acks: a queue of another capsule, whose job this call acks);
+# ARGV[7..] = acks: queue index (1-based), job, queue index, job, ...
 # Returns a flat array of what was fetched: queue index, job, queue index, job, ...
 ACK_FETCH = """
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('LREM', KEYS[4 + 2 * tonumber(ARGV[i])], 1, ARGV[i+1])
 end
 local processed = tonumber(ARGV[3])
@@ -32,7 +34,7 @@ if failed > 0 then
   redis.call('EXPIRE', KEYS[4], ARGV[5])
 end
 local n = tonumber(ARGV[1])
-local nq = (#KEYS - 4) / 2
+local nq = tonumber(ARGV[6])
 local out = {}
 local orders = ARGV[2]
 if n <= 0 then return out end

@@ -113,7 +113,11 @@ def test_help_lists_every_option_and_env_var() -> None:
     for flag in ("-v", "--verbose", "-V", "--version", "-h", "--help"):
         assert flag in flat
     assert "default redis://127.0.0.1:6379/0" in flat
-    assert "Precedence: flag > environment > -C file > default." in flat
+    assert ("first source wins: fastworker flags > FASTWORKER_* variables > Sidekiq's answer (--sidekiq-config: "
+            "the sidecar's GET /config" in flat)
+    assert "without an answer: -C or config/sidekiq.yml(.erb) under the app root (-r)" in flat
+    for flag in ("-L", "--logfile", "-P", "--pidfile", "-d", "--daemon"):
+        assert flag in flat
 
 
 def test_short_help() -> None:
@@ -154,7 +158,7 @@ def fake_launcher(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     module = types.ModuleType("fastworker.launcher")
     state = types.SimpleNamespace(received=received, code=0)
 
-    def run(config: Config) -> int | None:
+    def run(config: Config, sources: dict[str, str] | None = None) -> int | None:
         received.append(config)
         return state.code
 

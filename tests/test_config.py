@@ -110,12 +110,13 @@ def test_queues_all_weights_one_is_not_strict() -> None:
     assert config.expanded_queues == ("a", "b")
 
 
-def test_queues_duplicates_keep_repeats_and_first_occurrence_order() -> None:
-    config = load_config(["-q", "a,2", "-q", "b", "-q", "a"], {})
-    assert config.queues == (("a", 2), ("b", 0), ("a", 0))
-    assert config.queue_names == ("a", "b")
-    assert config.expanded_queues == ("a", "a", "b", "a")
-    assert config.strict is False
+def test_queues_duplicates_are_refused_like_sidekiq(tmp_path: Path) -> None:
+    # Sidekiq 6.4.1 parse_queue: "queues: a cannot be defined twice", from -q and from the file alike
+    assert error_of(["-q", "a,2", "-q", "b", "-q", "a"]) == "--queues: queues: a cannot be defined twice"
+    assert error_of(["--queues", "a,b,a"]) == "--queues: queues: a cannot be defined twice"
+    assert error_of([], {"FASTWORKER_QUEUES": "x:1,x:2"}) == "FASTWORKER_QUEUES: queues: x cannot be defined twice"
+    path = write(tmp_path, ":queues:\n  - [a, 2]\n  - a\n")
+    assert error_of(["-C", path]) == f"{path}: key :queues: queues: a cannot be defined twice"
 
 
 def test_queues_whitespace_is_stripped() -> None:
@@ -704,3 +705,105 @@ def test_yaml_parity_with_sidekiq_cli(tmp_path: Path, text: str, env: dict[str, 
     assert list(config.labels) == sidekiq["labels"]
     assert (config.log_level == "debug") is sidekiq["verbose"]
     assert (config.environment or "development") == sidekiq["environment"]
+
+
+# -- discovery of config/sidekiq.yml (Sidekiq 6.4.1 cli.rb setup_options) ---------------------------------
+
+
+def test_config_file_is_discovered_under_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sidekiq.yml.erb").write_text(":concurrency: 3\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config([], {})
+    assert config.concurrency == 3 and config.config_file == "./config/sidekiq.yml.erb"
+    (tmp_path / "config" / "sidekiq.yml").write_text(":concurrency: 4\n")  # the plain name wins
+    assert load_config([], {}).concurrency == 4
+    assert load_config(["-C", write(tmp_path, ":concurrency: 7\n", "other.yml")], {}).concurrency == 7
+
+
+def test_config_file_is_discovered_under_rails_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = tmp_path / "app"
+    (app / "config").mkdir(parents=True)
+    (app / "config" / "sidekiq.yml").write_text(":queues:\n  - [hot, 2]\nproduction:\n  :concurrency: 9\n")
+    monkeypatch.chdir(tmp_path)
+    for flag in ("-r", "--rails-root", "--require"):
+        config = load_config([flag, str(app), "-e", "production"], {})
+        assert config.queues == (("hot", 2),) and config.concurrency == 9
+        assert config.environment == "production"
+    assert load_config([], {"RAILS_ROOT": str(app)}).queues == (("hot", 2),)
+    # -r naming a file (Sidekiq: "require this file") leaves the root at the working directory
+    assert load_config(["-r", str(app / "config" / "sidekiq.yml")], {}).queues == (("default", 0),)
+
+
+def test_removed_sidekiq_flags_warn_and_carry_on(capsys: pytest.CaptureFixture[str]) -> None:
+    from fastworker.config import parse_args, removed_flag_warnings
+
+    ns = parse_args(["-d", "-L", "log/sidekiq.log", "-P", "tmp/pids/sidekiq.pid", "-c", "3"])
+    notices = removed_flag_warnings(ns)
+    assert [n.split(" ", 1)[0] for n in notices] == ["-d/--daemon", "-L/--logfile", "-P/--pidfile"]
+    assert all("removed in Sidekiq 6.0" in n for n in notices)
+    assert load_config(["-L", "x.log", "-c", "3"], {}).concurrency == 3
+
+
+_SIDEKIQ_ARGV_DUMP = """
+require "json"
+require "sidekiq/cli"
+cli = Sidekiq::CLI.instance
+begin
+  cli.send(:setup_options, ARGV.dup)
+rescue ArgumentError => e
+  puts JSON.generate(error: e.message)
+  exit 0
+end
+o = Sidekiq.options
+puts JSON.generate(queues: o[:queues], strict: o[:strict], concurrency: o[:concurrency], timeout: o[:timeout],
+                   tag: o[:tag], environment: cli.environment, config_file: o[:config_file])
+"""
+
+ARGV_PARITY_CASES = [
+    ["-q", "critical,3", "-q", "default"],
+    ["-q", "critical,2", "-q", "default,1", "-q", "low"],
+    ["-q", "a", "-q", "b", "-c", "4", "-t", "9", "-g", "tagged"],
+    ["-q", "a", "-q", "a"],
+    ["-q", "a,2", "-q", "a,1"],
+    ["-r", "app", "-e", "production"],
+    ["-r", "app"],
+    [],
+    ["-d", "-L", "x.log", "-P", "x.pid", "-q", "z"],
+]
+
+
+@pytest.mark.ruby
+@pytest.mark.skipif(not _sidekiq_available(), reason="needs ruby with the sidekiq gem")
+@pytest.mark.parametrize("argv", ARGV_PARITY_CASES)
+def test_cli_forms_and_discovery_parity_with_sidekiq_cli(tmp_path: Path, argv: list[str]) -> None:
+    """The same argv in the same folder, read by Sidekiq 6.4.1's own CLI and by fastworker."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sidekiq.yml").write_text(":concurrency: 2\n:queues:\n  - top\n")
+    (tmp_path / "app" / "config").mkdir(parents=True)
+    (tmp_path / "app" / "config" / "sidekiq.yml.erb").write_text(
+        ":timeout: <%= 7 %>\n:queues:\n  - [x, 2]\n  - y\nproduction:\n  :concurrency: 6\n")
+    script = tmp_path / "dump.rb"
+    script.write_text(_SIDEKIQ_ARGV_DUMP)
+    out = subprocess.run(["ruby", str(script), *argv], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    sidekiq = json.loads(out.stdout.strip().splitlines()[-1])
+    import os
+
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        if "error" in sidekiq:
+            assert error_of(argv).endswith(sidekiq["error"])
+            return
+        config = load_config(argv, {})
+    finally:
+        os.chdir(old)
+    assert list(config.expanded_queues) == sidekiq["queues"]
+    assert config.strict is sidekiq["strict"]
+    assert config.concurrency == (sidekiq["concurrency"] or 10)
+    assert config.timeout == (sidekiq["timeout"] or 25)
+    assert config.tag == (sidekiq["tag"] or "")
+    assert (config.environment or "development") == sidekiq["environment"]
+    assert config.config_file == sidekiq["config_file"]

@@ -217,3 +217,41 @@ def test_a_namespace_prefixes_every_key_but_not_the_identity_in_processes(redis_
     assert not r.exists("processes") and not r.exists(ident)
     r.lpush(f"legacy:{ident}-signals", "TSTP")
     wait_until(lambda: r.hget(f"legacy:{ident}", "quiet") == b"true", 5, 0.1, "quiet through the namespaced list")
+
+
+RUBY_SETTINGS = """
+Sidekiq.configure_server do |config|
+  config.options[:queues] = %w[from_ruby default]
+  config.options[:concurrency] = 3
+  config.options[:tag] = "ruby-tag"
+  config.options[:labels] = ["ruby-label"]
+end
+"""
+
+
+def test_settings_made_in_ruby_show_in_processset(redis_url, r, stub, worker, tmp_path):
+    """configure_server blocks, read by Sidekiq's code in `fastworker-sidecar --print-config`, reach the
+    worker (--sidekiq-config print) and the process record Sidekiq's API reads."""
+    import shutil
+    from pathlib import Path
+
+    from tests.helpers.rails import ruby_available
+
+    import pytest
+
+    if not ruby_available():
+        pytest.skip("needs ruby with rails, sidekiq and puma")
+    root = Path(__file__).resolve().parents[1]
+    app = tmp_path / "app"
+    shutil.copytree(root / "sidecar" / "test" / "dummy", app, ignore=shutil.ignore_patterns("tmp", "log"))
+    (app / "config" / "initializers" / "zz_settings.rb").write_text(RUBY_SETTINGS)
+    command = f"ruby {root / 'sidecar' / 'bin' / 'fastworker-sidecar'} --print-config"
+    w = worker("--sidekiq-config", "print", "-r", str(app),
+               env={"FASTWORKER_PRINT_CONFIG_COMMAND": command})
+    ident = identity_of(w)
+    (p,) = processes(redis_url)["procs"]
+    assert p["identity"] == ident
+    assert (p["tag"], p["labels"], p["queues"], p["concurrency"]) == ("ruby-tag", ["ruby-label"],
+                                                                     ["from_ruby", "default"], 3)
+    config_line = w.wait_event("config")[0]
+    assert config_line["sources"]["concurrency"] == "fastworker-sidecar --print-config: concurrency"

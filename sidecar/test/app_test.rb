@@ -96,11 +96,22 @@ class AppTest < Minitest::Test
       assert_equal status, response.status, "#{path} #{body[0, 40]}"
       assert_equal pid, response.headers["x-fastworker-pid"], "#{path} answering #{status}"
     end
-    assert_equal pid, mock.get("/perform").headers["x-fastworker-pid"], "a 405 on a protocol path too"
-    assert_equal pid, mock.get("/health").headers["x-fastworker-pid"], "/health: the worker identifies its connections with it"
+    assert_equal pid, mock.get("/perform", signature("GET", "/perform", "")).headers["x-fastworker-pid"], "a 405 on a protocol path too"
+    assert_equal pid, mock.get("/health", signature("GET", "/health", "")).headers["x-fastworker-pid"], "/health: the worker identifies its connections with it"
     @drain.begin_drain!
     assert_equal pid, mock.post("/perform_batch", {input: ok}.merge(signature("POST", "/perform_batch", ok))).headers["x-fastworker-pid"], "503 draining"
-    assert_equal pid, mock.post("/perform", input: ok).headers["x-fastworker-pid"], "401 unsigned"
+    assert_nil mock.get("/health").headers["x-fastworker-pid"], "an unsigned /health says nothing about the process"
+  end
+
+  def test_config_answers_sidekiqs_settings_once_booted
+    status, body = get("/config")
+    assert_equal 200, status
+    assert_equal Sidekiq::VERSION, body["sidekiq_version"]
+    assert_kind_of Integer, body["concurrency"]
+    assert_kind_of Array, body["queues"]
+    assert_equal 401, get("/config", sign: false).first, "it holds the Redis URL: signed callers only"
+    @app = Fastworker::Sidecar::App.new(drain: Fastworker::Sidecar::Drain.new(capacity: 1))
+    assert_equal 503, get("/config").first
   end
 
   def test_health_reports_workers_capacity_and_batch_max

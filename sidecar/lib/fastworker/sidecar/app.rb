@@ -11,11 +11,12 @@ module Fastworker
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
     # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
-    # 4. /health: 200 with versions, in-flight count, job slots per process, Puma worker
+    # 4. /config: Sidekiq's resolved server configuration (ServerConfig) once booted, 503 before.
+    # 4b. /health: 200 with versions, in-flight count, job slots per process, Puma worker
     #    count and batch limit once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
-    # 6. Tag every protocol answer and /health with `x-fastworker-pid`, so the worker can tell
+    # 6. Tag every protocol answer and a signed /health with `x-fastworker-pid`, so the worker can tell
     #    which Puma worker process answered on a keep-alive connection (it identifies its
     #    connections with /health before the first jobs).
     # 7. Before any of that, the Door (size limit, signature): 413 / 401 and nothing runs.
@@ -41,13 +42,14 @@ module Fastworker
 
       def call(env)
         refusal = @door.call(env)
-        return tag_pid(refusal) if refusal
+        return refusal if refusal
 
         case env["PATH_INFO"]
         when "/perform" then protocol(env, "perform") { perform(env) }
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
-        when "/health" then get_only(env) { tag_pid(@door.health(env, health).to_rack) }
+        when "/health" then get_only(env) { health_answer(env) }
+        when "/config" then get_only(env) { server_config.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
         else Result.json(404, "not_found", {"error" => "not found"}).to_rack
         end
@@ -57,6 +59,12 @@ module Fastworker
 
       def protocol(env, endpoint, observe: true)
         tag_pid(protocol_result(env, endpoint, observe) { yield }.to_rack)
+      end
+
+      # The pid only for a signed (or secretless) caller: to others /health says nothing about us.
+      def health_answer(env)
+        response = @door.health(env, health).to_rack
+        env[Door::AUTHENTIC] ? tag_pid(response) : response
       end
 
       def tag_pid(response)
@@ -148,6 +156,12 @@ module Fastworker
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
                 "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
+      end
+
+      def server_config
+        return Result.unavailable(@drain.state) unless @drain.ready? && defined?(ServerConfig)
+
+        Result.json(200, "done", ServerConfig.snapshot)
       end
 
       def rails_version

@@ -13,6 +13,9 @@ module Fastworker
     #    the app's config/environment.rb.
     # 3. Make the Sidekiq 8 ActiveJob wrapper name resolvable on older stacks: alias
     #    Sidekiq::ActiveJob::Wrapper to Rails' SidekiqAdapter::JobWrapper when it is missing.
+    # 4. Take Sidekiq 7+'s own Metrics::Middleware (added by requiring sidekiq/cli) out of the
+    #    server chain: the worker writes the job metrics (fastworker/job_metrics.py), and the
+    #    middleware would only pile counts up in memory, or count every job twice if :beat fired.
     # Lifecycle events (:startup, :quiet, :shutdown) are not fired: the worker owns the
     # process lifecycle (see sidecar/README.md).
     class Boot
@@ -36,7 +39,14 @@ module Fastworker
         require "sidekiq/rails"
         require environment_rb
         alias_active_job_wrapper!
+        drop_metrics_middleware!
         ::Rails.application
+      end
+
+      def self.drop_metrics_middleware!
+        return unless defined?(::Sidekiq::Metrics::Middleware)
+
+        Compat.server_middleware.remove(::Sidekiq::Metrics::Middleware)
       end
 
       def self.alias_active_job_wrapper!

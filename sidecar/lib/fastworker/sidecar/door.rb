@@ -11,7 +11,7 @@ module Fastworker
     #    otherwise, and nothing runs. The checked body is handed to the App (env BODY), so it
     #    is read once. A body that is not valid UTF-8 gets 400 here (JSON is UTF-8).
     # 3. GET /metrics needs a signature too, unless FASTWORKER_SIDECAR_OPEN_METRICS=1 (for a
-    #    Prometheus scrape on a private network).
+    #    Prometheus scrape on a private network); so does GET /config (it holds the Redis URL).
     # 4. GET /health stays open, but an unsigned caller sees only what the worker needs to
     #    talk to us (status, protocol, batch support, limits): no versions, pid or load.
     # Without a secret the door is open: the Launcher allows that on loopback only.
@@ -46,6 +46,8 @@ module Fastworker
           protocol(env)
         elsif path == "/metrics"
           (@auth.nil? || @open_metrics) ? nil : signed_get(env)
+        elsif path == "/config" # the resolved configuration holds the Redis URL, password and all
+          @auth.nil? ? nil : signed_get(env)
         elsif path == "/health"
           env[AUTHENTIC] = @auth.nil? || (@auth.signed?(env) && @auth.check(env, "").nil?)
           nil

@@ -21,6 +21,10 @@ module Fastworker
     # 5. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
     # 6. Refuse to start with a bad secret (shorter than 32 bytes, unreadable file), or on a
     #    non-loopback --bind without one: that door would run anyone's code.
+    # 7. Before the app boots, resolve Sidekiq's server configuration with Sidekiq's own CLI
+    #    code (ServerConfig): `-r ROOT -e ENV`, then any Sidekiq arguments after `--`. Without
+    #    --drain-timeout, the drain waits Sidekiq's resolved `timeout`.
+    # 8. --print-config: boot the app, print the resolved configuration as JSON, exit.
     class Launcher
       DEFAULT_THREADS = 10
       DEFAULT_PORT = 3001
@@ -47,8 +51,12 @@ module Fastworker
       def run
         root = options[:rails_root]
         Dir.chdir(root)
-        ENV["RAILS_MAX_THREADS"] ||= puma_threads.to_s # sizes the app's AR pool (database.yml convention)
         Boot.sidekiq_server!
+        # Before RAILS_MAX_THREADS is set below: Sidekiq reads it as the concurrency fallback,
+        # and only the operator's value may count there.
+        resolve_sidekiq_config!
+        ENV["RAILS_MAX_THREADS"] ||= puma_threads.to_s # sizes the app's AR pool (database.yml convention)
+        return print_config if options[:print_config]
         require "puma"
         require "puma/configuration"
         require "puma/launcher"
@@ -67,11 +75,32 @@ module Fastworker
         ::Puma::Launcher.new(puma_configuration(app), events: ::Puma::Events.stdio).run
       end
 
+      # Sidekiq's CLI parser over `-r ROOT -e ENV -- <sidekiq args>`, before any app code runs,
+      # as `sidekiq` itself does; the app's configure_server blocks then see these settings.
+      def resolve_sidekiq_config!
+        require "fastworker/sidecar/server_config"
+        ServerConfig.setup!(ServerConfig.argv(options[:rails_root], options[:environment], options[:sidekiq_args]))
+        Sidecar.drain_timeout = Float(ServerConfig.options[:timeout] || 25) unless options[:drain_timeout_given]
+        options[:drain_timeout] = Sidecar.drain_timeout
+      rescue ArgumentError => e
+        warn "fastworker-sidecar: Sidekiq configuration: #{e.message}"
+        exit 64
+      end
+
+      def print_config
+        Boot.boot!(options[:rails_root], environment: options[:environment])
+        ServerConfig.booted!
+        $stdout.puts ServerConfig.to_json
+        $stdout.flush
+        exit!(0) # no at_exit hooks of the app (nothing was started)
+      end
+
       private
 
       def boot_app(drain)
         started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
         Boot.boot!(options[:rails_root], environment: options[:environment])
+        ServerConfig.booted!
         drain.ready!
         took = (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(2)
         Compat.logger.info("fastworker-sidecar: booted Rails #{::Rails.version} (#{::Rails.env}) with Sidekiq #{::Sidekiq::VERSION} in #{took}s; #{options[:threads]} job slots per process")
@@ -119,7 +148,11 @@ module Fastworker
       end
 
       def parse(argv, env)
+        sidekiq_args = (cut = argv.index("--")) ? argv.slice!(cut..)[1..] : []
         opts = {
+          sidekiq_args: sidekiq_args,
+          print_config: false,
+          drain_timeout_given: !env["FASTWORKER_SIDECAR_DRAIN_TIMEOUT"].to_s.strip.empty?,
           rails_root: env["RAILS_ROOT"] || Dir.pwd,
           port: integer(env["PORT"], "PORT") || DEFAULT_PORT,
           bind: env["FASTWORKER_SIDECAR_BIND"] || "127.0.0.1",
@@ -141,7 +174,7 @@ module Fastworker
 
       def parser(opts)
         OptionParser.new do |o|
-          o.banner = "Usage: fastworker-sidecar --rails-root DIR [--port 3001] [--threads N] [--workers W] [--bind ADDR]"
+          o.banner = "Usage: fastworker-sidecar --rails-root DIR [--port 3001] [--threads N] [--workers W] [--bind ADDR] [-- SIDEKIQ ARGS (-C FILE -q QUEUE,WEIGHT -c N ...)]"
           o.on("-r", "--rails-root DIR", "Rails app to boot (env RAILS_ROOT; default: current directory)") { |v| opts[:rails_root] = v }
           o.on("-p", "--port PORT", Integer, "TCP port (env PORT; default #{DEFAULT_PORT})") { |v| opts[:port] = v }
           o.on("-b", "--bind ADDR", "address to listen on (default 127.0.0.1)") { |v| opts[:bind] = v }
@@ -149,7 +182,11 @@ module Fastworker
           o.on("-t", "--threads N", Integer, "jobs per process (env FASTWORKER_SIDECAR_THREADS; default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
           o.on("-w", "--workers W", Integer, "Puma worker processes (env FASTWORKER_SIDECAR_WORKERS; default 1)") { |v| opts[:workers] = v }
           o.on("-e", "--environment ENV", "RAILS_ENV (default: RAILS_ENV or development)") { |v| opts[:environment] = v }
-          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default 25)") { |v| opts[:drain_timeout] = v }
+          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default: Sidekiq's timeout, 25)") do |v|
+            opts[:drain_timeout] = v
+            opts[:drain_timeout_given] = true
+          end
+          o.on("--print-config", "boot the app, print Sidekiq's resolved server configuration as JSON and exit") { opts[:print_config] = true }
           o.on("-h", "--help", "show this help") do
             puts o
             exit 0
