@@ -10,8 +10,9 @@ forms real files use and refuses the rest with a clear error (it does not run Ru
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 class ErbError(Exception):

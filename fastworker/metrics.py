@@ -145,7 +145,6 @@ class Metrics:
         self._sidecar: dict[str, _Histogram] = {}
         self._requeued: dict[str, int] = {}
         self._dead = 0
-        self._recovered = 0
         self.queue_stats: QueueStats | None = None
         self.queue_stats_refreshes = 0
         self.queue_stats_errors = 0
@@ -217,10 +216,6 @@ class Metrics:
 
     def dead(self) -> None:
         self._dead += 1
-
-    def recovered(self, n: int = 1) -> None:
-        """Jobs a recoverer moved back from a dead process's in-progress lists."""
-        self._recovered += n
 
     def add_collector(self, fn: Callable[[], Iterable[Metric]]) -> None:
         """Another component contributes families at scrape time (the HTTP server's loop lag)."""
@@ -361,7 +356,7 @@ class _Collector:
         yield req
         yield CounterMetricFamily("fastworker_jobs_dead", "Jobs this process moved to the dead set.",
                                   value=m._dead)
-        recovered, poison = m._recovered, 0
+        recovered, poison = 0, 0
         for comp in getattr(m.launcher, "components", ()):
             if type(comp).__name__ == "Recoverer":  # keeps its own counts; read them, no call needed
                 recovered += _int(getattr(comp, "recovered", 0))

@@ -200,12 +200,9 @@ class Recoverer:
         self.recovered += moved
         self.killed += dead
         m = getattr(self.launcher, "metrics", None)
-        if m is not None:
-            if moved and hasattr(m, "recovered"):
-                m.recovered(moved)
-            if dead and hasattr(m, "dead"):
-                for _ in range(dead):
-                    m.dead()
+        if m is not None and dead:  # the recovered and poison-pill counts are read from this component
+            for _ in range(dead):
+                m.dead()
         return moved
 
     # -- our own lists ---------------------------------------------------------------------------

@@ -807,3 +807,11 @@ def test_cli_forms_and_discovery_parity_with_sidekiq_cli(tmp_path: Path, argv: l
     assert config.tag == (sidekiq["tag"] or "")
     assert (config.environment or "development") == sidekiq["environment"]
     assert config.config_file == sidekiq["config_file"]
+
+
+def test_an_erb_integer_of_a_float_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """erb.py used math and Callable without importing them: Integer(5.5) crashed with NameError."""
+    path = tmp_path / "sidekiq.yml"
+    path.write_text(":concurrency: <%= Integer(5.5) %>\n")
+    config = load_config(["-C", str(path)], {})
+    assert config.concurrency == 5

@@ -25,7 +25,7 @@ from fastworker.broker import Broker, RedisHealth
 from fastworker.config import Config
 from fastworker.keys import Keys
 from fastworker.recoverer import Recoverer
-from tests.helpers.faults import (check_counts, drained, fstub, has_http_server, inprogress_total,  # noqa: F401
+from tests.helpers.faults import (check_counts, drained, fstub, has_http_server, inprogress_total, scrape_text,  # noqa: F401
                                   jobs, make_job, no_retry_spent, predis, procs, push, queue_raws, readyz, rr)
 from tests.helpers.procs import wait_until
 
@@ -236,6 +236,8 @@ def test_kill_9_during_slow_jobs_then_another_worker_recovers_them(procs, predis
     b = procs.worker("-c", "4", name="b")
     got = b.wait_event("jobs_recovered", timeout=20)[0]
     assert got["count"] >= 4 and got["identity"] == a.events("startup")[0]["identity"]
+    if has_http_server():  # counted once: the recoverer's own count, not that plus a metrics call
+        assert f"fastworker_jobs_recovered_total {float(got['count'])}" in scrape_text(b)
     assert time.monotonic() - t_kill < procs.ttl + 6  # within the TTL (+ one tick and the start)
     wait_until(lambda: drained(rr) and sum(fstub.counts().values()) >= len(jids), 30, what="all jobs")
     summary = check_counts(fstub.counts(), jids, may_repeat=in_flight_at_kill)

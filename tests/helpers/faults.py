@@ -273,6 +273,12 @@ def readyz(worker: Any, timeout: float = 2.0) -> int | None:
         return None
 
 
+def scrape_text(worker: Any, timeout: float = 5.0) -> str:
+    """The worker's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.http_port}/metrics", timeout=timeout) as resp:
+        return resp.read().decode()
+
+
 def has_http_server() -> bool:
     return importlib.util.find_spec("fastworker.http_server") is not None
 
