@@ -21,17 +21,13 @@ ACK_FETCH = """
 for i = 7, #ARGV, 2 do
   redis.call('LREM', KEYS[4 + 2 * tonumber(ARGV[i])], 1, ARGV[i+1])
 end
-local processed = tonumber(ARGV[3])
-if processed > 0 then
-  redis.call('INCRBY', KEYS[1], processed)
-  redis.call('INCRBY', KEYS[2], processed)
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-local failed = tonumber(ARGV[4])
-if failed > 0 then
-  redis.call('INCRBY', KEYS[3], failed)
-  redis.call('INCRBY', KEYS[4], failed)
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
+for k = 0, 1 do  -- processed (KEYS 1, 2), then failed (KEYS 3, 4)
+  local count = tonumber(ARGV[3 + k])
+  if count > 0 then
+    redis.call('INCRBY', KEYS[1 + 2*k], count)
+    redis.call('INCRBY', KEYS[2 + 2*k], count)
+    redis.call('EXPIRE', KEYS[2 + 2*k], ARGV[5])
+  end
 end
 local n = tonumber(ARGV[1])
 local nq = tonumber(ARGV[6])
