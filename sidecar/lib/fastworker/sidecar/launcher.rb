@@ -52,6 +52,7 @@ module Fastworker
 
         drain = Drain.new(capacity: options[:threads])
         Sidecar.drain = drain
+        Sidecar.drain_timeout_explicit = true if options[:drain_timeout_explicit]
         Sidecar.drain_timeout = options[:drain_timeout]
         PumaDrain.install!
         app = App.new(drain: drain, workers: options[:workers])
@@ -142,7 +143,10 @@ module Fastworker
           o.on("-t", "--threads N", Integer, "jobs per process (env FASTWORKER_SIDECAR_THREADS; default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
           o.on("-w", "--workers W", Integer, "Puma worker processes (env FASTWORKER_SIDECAR_WORKERS; default 1)") { |v| opts[:workers] = v }
           o.on("-e", "--environment ENV", "RAILS_ENV (default: RAILS_ENV or development)") { |v| opts[:environment] = v }
-          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default 25)") { |v| opts[:drain_timeout] = v }
+          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default: the workers' --timeout, else 25)") do |v|
+            opts[:drain_timeout] = v
+            opts[:drain_timeout_explicit] = true
+          end
           o.on("-h", "--help", "show this help") do
             puts o
             exit 0
