@@ -122,8 +122,11 @@ class Heartbeat:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # cancel until it ends: Python 3.11's wait_for swallows a cancel that arrives just as
+            # the wake event it waits for is set (stopping() sets it right before this)
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.1)
             self._task = None
         try:
             await asyncio.wait_for(self._clear(), CLEAR_TIMEOUT)

@@ -1,10 +1,12 @@
 """Builds the components and owns start order, shutdown order and signals (asynq server.go).
 
 Start:    Redis clients -> broker registration -> sidecar client (and its /health) -> HTTP server -> heartbeat ->
-          scheduler -> recoverer -> fetcher (producers last, so everything they feed is ready).
+          scheduler -> recoverer -> lifecycle (the sidecar fires :startup) -> fetcher (producers last,
+          so everything they feed is ready).
 Shutdown (TERM/INT, or ``stop!`` from the Web UI):
           readiness off -> fetcher and scheduler stop (quiet) -> in-flight jobs get until
-          ``timeout`` -> the unfinished are requeued byte-identical at the head of their queue ->
+          ``timeout`` -> the unfinished are stopped in the sidecar (POST /cancel: Sidekiq::Shutdown in
+          their threads), then requeued byte-identical at the head of their queue ->
           acks flushed -> anything left in our in-progress lists goes back -> heartbeat cleared
           -> clients closed -> exit 0. A second TERM ends the wait at once.
 TSTP:     quiet only (no fetching, no scheduling; in-flight jobs finish; the process stays).
@@ -31,6 +33,7 @@ from .heartbeat import Heartbeat
 from .http_server import HttpServer
 from .keys import Keys
 from .job_metrics import JobMetrics
+from .lifecycle import Lifecycle
 from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
@@ -112,7 +115,8 @@ class Launcher:
         self.fetcher = FetchPools(c, self.broker, self.manager, self.processor, self.breaker, self.planner,
                                   self.limiter)
         # the loops beside the job path, started before the fetcher so that what they watch exists
-        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self)):
+        # Lifecycle last: the sidecar's :startup fires once everything but the fetcher runs
+        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self), Lifecycle(self)):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()
@@ -272,9 +276,13 @@ class Launcher:
             return
         for w in works:
             w.abandoned = True
-        # the oldest job ends next in line; a requeue wins over a lost job, a duplicate is possible
-        await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
         log.error("sidecar_hung", requeued=len(works), jids=[w.env.jid for w in works][:50])
+        # stop them first, if the sidecar still answers (a hung one may not: the closed request
+        # connections then stop them once it wakes up, see the sidecar's DisconnectWatch); they
+        # stay in our in-progress list meanwhile, so a crash here loses nothing
+        await self.sidecar.cancel([w.env.jid for w in works], grace=0.5, timeout=1.0)
+        # the oldest job ends next in line
+        await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
         if self.metrics is not None and hasattr(self.metrics, "requeued"):
             for _ in works:
                 self.metrics.requeued("sidecar_hung")

@@ -6,9 +6,11 @@ Duties:
    limiter of its queue's capsule;
    count the jobs of classes that share requests while they run (the fetch loop waits for them);
 3. ``drain(deadline)``: wait for in-flight jobs to finish;
-4. ``hard_shutdown()``: requeue every job still running, byte-identical at the head of its queue,
-   THEN cancel its task. The requeue comes first on purpose: a job that runs twice is better than
-   a job that is lost.
+4. ``hard_shutdown()``: stop every job still running in the sidecar (POST /cancel: Sidekiq::Shutdown
+   in its thread, as Sidekiq's hard shutdown raises it), THEN requeue it byte-identical at the head
+   of its queue, THEN cancel its task (which closes its request's connection: a sidecar that did
+   not answer the cancel stops the job when it sees that). Until the requeue the job stays in our
+   in-progress list, so a crash in between loses nothing: the recoverer gives it back.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class Manager:
             return 0
         for w in works:
             w.abandoned = True
+        answer = await self.processor.sidecar.cancel([w.env.jid for w in works])
+        if answer is not None:
+            log.warn("shutdown_cancelled", stopped=len(answer.get("stopped") or []),
+                     still_running=(answer.get("running") or [])[:50], unknown=len(answer.get("unknown") or []))
         items = [(w.queue, w.env.raw) for w in works]
         try:
             await self.broker.bulk_requeue(items)

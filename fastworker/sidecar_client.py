@@ -9,6 +9,12 @@ Duties:
 3. ``perform_batch(raws, jids)``: several jobs in one POST /perform_batch, one outcome each;
 4. ``health()``: GET /health, used by the breaker's half-open probe and /readyz; it also learns
    what the sidecar offers (batches, how many processes serve it, its body limit).
+5. ``cancel(jids)``: POST /cancel, so a job the worker gives back (hard shutdown, hang watchdog,
+   --job-timeout) stops running in the sidecar (Sidekiq::Shutdown in its thread) before it is
+   requeued; ``lifecycle(event, ...)``: POST /lifecycle (startup/quiet/shutdown/beat), which fires
+   the app's Sidekiq lifecycle events. /lifecycle goes over one dedicated keep-alive connection, so
+   that in a Puma cluster it keeps reaching the same sidecar process; neither counts for the hang
+   watchdog, and a failure is reported, never raised.
 Every request carries the signature headers when a secret is set (signing.py).
 """
 
@@ -24,9 +30,12 @@ import orjson
 from . import limits
 from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
+from .log import log
 from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeout
 
 _JSON = "application/json"
+CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blocks (Drain::HARD_STOP_GRACE)
+LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the request
 
 
 @dataclass(slots=True)
@@ -90,6 +99,7 @@ class SidecarClient:
         self.connect_timeout = connect_timeout
         self.job_timeout = job_timeout
         self.http: SidecarHTTP | None = None
+        self.control: SidecarHTTP | None = None  # one connection for /cancel and /lifecycle
         self.offer = Offer()  # what GET /health advertises: /perform_batch, the sidecar's processes
         # for the hang watchdog (breaker.py): the task of each /perform(_batch) awaiting its answer,
         # with when it was sent, and when the last answer of any kind arrived (monotonic)
@@ -99,15 +109,34 @@ class SidecarClient:
     async def start(self) -> None:
         # room for every job's request plus the health probes beside them
         self.http = SidecarHTTP(self.base_url, self.concurrency + 4, self.connect_timeout)
+        self.control = SidecarHTTP(self.base_url, 1, self.connect_timeout)
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
             self.http = None
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
 
-    async def _post(self, path: str, data: bytes, headers: dict[str, str]) -> Response:
+    async def _post(self, path: str, data: bytes, headers: dict[str, str],
+                    control_timeout: float | None = None) -> Response:
         """POST: the answer. A connection error or timeout raises SidecarUnavailable (JobTimedOut
-        past --job-timeout). While it waits, the request counts for the hang watchdog."""
+        past --job-timeout). While it waits, the request counts for the hang watchdog; a control
+        request (``control_timeout`` given) goes over the control connection and does not."""
+        if control_timeout is not None:
+            # /lifecycle on its own connection (one sidecar process sees a worker's whole
+            # lifecycle); /cancel beside the jobs' requests, never queued behind a slow /lifecycle
+            http = self.control if path == "/lifecycle" else self.http
+            if http is None:
+                raise SidecarUnavailable("client closed")
+            try:
+                async with asyncio.timeout(control_timeout):  # waiting for a free connection too
+                    return await http.request("POST", path, data, self._signed("POST", path, data, headers))
+            except TimeoutError as exc:
+                raise SidecarUnavailable(f"no answer within {control_timeout:g} s") from exc
+            except TransportError as exc:
+                raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         assert self.http is not None
         task = asyncio.current_task()
         started = self.outstanding[task] = time.monotonic()
@@ -140,6 +169,7 @@ class SidecarClient:
         try:
             resp = await self._post("/perform", raw, {"Content-Type": _JSON, "Idempotency-Key": jid})
         except JobTimedOut as exc:
+            await self.cancel([jid])  # it must not run on while its retry is scheduled
             return exc.failure()
         status, body, headers = resp.status, resp.body, resp.headers
         if status == 200:
@@ -161,6 +191,7 @@ class SidecarClient:
             resp = await self._post("/perform_batch", b"\n".join(raws),
                                     {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
         except JobTimedOut as exc:
+            await self.cancel(jids)
             return [exc.failure() for _ in raws]
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
@@ -206,6 +237,45 @@ class SidecarClient:
         except (orjson.JSONDecodeError, AttributeError):
             return None
         return result if result == "discard" else None
+
+    async def cancel(self, jids: list[str], grace: float = CANCEL_GRACE,
+                     timeout: float | None = None) -> dict[str, Any] | None:
+        """Ask the sidecar to stop these jobs (Sidekiq::Shutdown in their threads) and wait up to
+        ``grace`` seconds for them to end. The answer ({"stopped","running","unknown"}), or None
+        when the sidecar did not answer (then the closed request connections still stop them:
+        the sidecar watches them)."""
+        if not jids:
+            return {"stopped": [], "running": [], "unknown": []}
+        body = orjson.dumps({"jids": jids, "grace": grace})
+        try:
+            resp = await self._post("/cancel", body, {"Content-Type": _JSON},
+                                    control_timeout=timeout if timeout is not None else grace + 2.0)
+            if resp.status != 200:
+                raise SidecarUnavailable(f"/cancel answered {resp.status}: {_excerpt(resp.body)}", resp.status)
+            answer = orjson.loads(resp.body)
+            return answer if isinstance(answer, dict) else None
+        except (SidecarUnavailable, ValueError) as exc:
+            log.warn("cancel_failed", jids=jids[:50], error_message=str(exc)[:300])
+            return None
+
+    async def lifecycle(self, event: str, identity: str, timeout: float | None = None, quiet: bool = False,
+                        request_timeout: float = LIFECYCLE_TIMEOUT) -> bool:
+        """Tell the sidecar this worker's lifecycle event; True once it took it."""
+        body: dict[str, Any] = {"event": event, "identity": identity, "quiet": quiet}
+        if timeout is not None:
+            body["timeout"] = timeout
+        try:
+            resp = await self._post("/lifecycle", orjson.dumps(body), {"Content-Type": _JSON},
+                                    control_timeout=request_timeout)
+        except SidecarUnavailable:
+            return False
+        if resp.status == 200:
+            return True
+        if 400 <= resp.status < 500 and resp.status != 429:
+            # a sidecar without /lifecycle (or one that refuses this body): nothing to fire there
+            log.warn("lifecycle_refused", lifecycle_event=event, status=resp.status, body=_excerpt(resp.body))
+            return True
+        return False
 
     def _signed(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> dict[str, str]:

@@ -49,6 +49,7 @@ class Stub:
         self.peak = 0
         self.records: list[dict] = []
         self.exhausted_calls: list[dict] = []
+        self.control_calls: list[dict] = []  # /cancel and /lifecycle bodies, with "path"
         self.mode_status: int | None = None
         self.retry_after: float | None = None
         self.batches = 0
@@ -148,6 +149,15 @@ class Stub:
         self.exhausted_calls.append(orjson.loads(await request.read()))
         return web.Response(body=b'{"status":"done","result":null}', content_type="application/json")
 
+    async def control(self, request: web.Request) -> web.Response:
+        """/cancel and /lifecycle: recorded; the stub runs nothing it could stop or notify."""
+        body = orjson.loads(await request.read())
+        self.control_calls.append(dict(body, path=request.path))
+        if request.path == "/cancel":
+            return web.Response(body=orjson.dumps({"stopped": [], "running": [], "unknown": body.get("jids", [])}),
+                                content_type="application/json")
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
     async def health(self, request: web.Request) -> web.Response:
         if self.mode_status is not None:
             return web.Response(status=503, body=b'{"status":"unavailable"}')
@@ -158,7 +168,8 @@ class Stub:
         return web.Response(body=orjson.dumps({"count": self.count, "peak": self.peak, "batches": self.batches,
                                                "batch_sizes": self.batch_sizes, "in_flight": self.in_flight,
                                                "unauthorized": self.unauthorized,
-                                               "records": self.records, "exhausted": self.exhausted_calls}),
+                                               "records": self.records, "exhausted": self.exhausted_calls,
+                                               "control": self.control_calls}),
                             content_type="application/json")
 
     async def mode(self, request: web.Request) -> web.Response:
@@ -218,6 +229,8 @@ def make_app(record: bool, batch: bool = True, request_delay: float = 0.0) -> we
     app.router.add_post("/perform", stub.perform)
     app.router.add_post("/perform_batch", stub.perform_batch)
     app.router.add_post("/exhausted", stub.exhausted)
+    app.router.add_post("/cancel", stub.control)
+    app.router.add_post("/lifecycle", stub.control)
     app.router.add_get("/health", stub.health)
     app.router.add_get("/_stats", stub.stats)
     app.router.add_post("/_mode", stub.mode)

@@ -13,18 +13,37 @@ module Fastworker
     VERSION = "0.1.0"
     PROTOCOL_VERSION = 1
     IDEMPOTENCY_KEY = :fastworker_idempotency_key
+    DEFAULT_DRAIN_TIMEOUT = "25"
 
     class << self
       # The Drain of this process (set by Launcher or config.ru); the Puma stop hook
       # drains it before letting Puma stop.
       attr_accessor :drain
 
-      # Seconds to wait for in-flight jobs on TERM before raising Sidekiq::Shutdown in them.
+      # Seconds to wait for in-flight jobs on TERM before raising Sidekiq::Shutdown in them:
+      # --drain-timeout / FASTWORKER_SIDECAR_DRAIN_TIMEOUT when given (explicit), else the
+      # largest --timeout the connected workers announced (Lifecycle), else 25 (Sidekiq's
+      # default :timeout:).
       attr_writer :drain_timeout
+      attr_accessor :drain_timeout_explicit
 
       def drain_timeout
-        @drain_timeout ||= Float(ENV.fetch("FASTWORKER_SIDECAR_DRAIN_TIMEOUT", "25"))
+        @drain_timeout ||= begin
+          env = ENV["FASTWORKER_SIDECAR_DRAIN_TIMEOUT"].to_s.strip
+          @drain_timeout_explicit = true unless env.empty?
+          Float(env.empty? ? DEFAULT_DRAIN_TIMEOUT : env)
+        end
       end
+
+      # The workers' --timeout, announced on /lifecycle; ignored when the drain timeout was
+      # set explicitly.
+      def follow_worker_timeout(seconds)
+        drain_timeout # resolve the explicit setting first
+        @drain_timeout = Float(seconds) unless drain_timeout_explicit
+      end
+
+      # The Lifecycle of this process (set with the App), for the Puma stop hook.
+      attr_accessor :lifecycle
 
       # The Idempotency-Key header of the request running on this thread (the job's jid as
       # sent by the worker), or nil outside a /perform. Jobs and middleware use it to
@@ -57,6 +76,8 @@ require "fastworker/sidecar/retry_advice"
 require "fastworker/sidecar/remote_error"
 require "fastworker/sidecar/exhausted"
 require "fastworker/sidecar/drain"
+require "fastworker/sidecar/disconnect_watch"
+require "fastworker/sidecar/lifecycle"
 require "fastworker/sidecar/metrics"
 require "fastworker/sidecar/limits"
 require "fastworker/sidecar/auth"

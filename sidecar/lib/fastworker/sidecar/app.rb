@@ -11,6 +11,9 @@ module Fastworker
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
     # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
+    # 3a. /cancel {"jids": [...], "grace": s}: stop those running jobs with Sidekiq::Shutdown
+    #    (Drain#cancel), 200 with what stopped. /lifecycle {"event", "identity", "timeout"}: a
+    #    worker's startup/quiet/shutdown/beat, which fires Sidekiq's lifecycle events (Lifecycle).
     # 4. /config: Sidekiq's resolved server configuration (ServerConfig) once booted, 503 before.
     # 4b. /health: 200 with versions, in-flight count, job slots per process, Puma worker
     #    count and batch limit once booted, 503 otherwise.
@@ -30,10 +33,17 @@ module Fastworker
       attr_reader :drain, :metrics
 
       # workers: Puma worker processes serving this app (1 in single mode), for /health.
+      CANCEL_GRACE = 3.0
+      CANCEL_GRACE_MAX = 30.0
+
+      attr_reader :lifecycle
+
       def initialize(drain:, workers: 1, metrics: Metrics.new(drain), executor: Executor.new(drain), exhausted: Exhausted.new,
-        door: Door.from_env)
+        lifecycle: Lifecycle.new(drain), door: Door.from_env)
         @door = door
         @drain = drain
+        @lifecycle = lifecycle
+        Sidecar.lifecycle = lifecycle
         @workers = workers
         @metrics = metrics
         @executor = executor
@@ -48,6 +58,8 @@ module Fastworker
         when "/perform" then protocol(env, "perform") { perform(env) }
         when "/perform_batch" then protocol(env, "perform_batch", observe: false) { perform_batch(env) }
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
+        when "/cancel" then protocol(env, "cancel") { cancel(env) }
+        when "/lifecycle" then protocol(env, "lifecycle") { lifecycle_event(env) }
         when "/health" then get_only(env) { health_answer(env) }
         when "/config" then get_only(env) { server_config.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
@@ -97,7 +109,7 @@ module Fastworker
       def perform(env)
         raw = read_body(env)
         job = Payload.parse_job(raw)
-        @executor.call(job, raw, idempotency_key: env["HTTP_IDEMPOTENCY_KEY"])
+        @executor.call(job, raw, idempotency_key: env["HTTP_IDEMPOTENCY_KEY"], socket: env["puma.socket"])
       end
 
       # Several jobs in one request (an extension the worker uses for sub-millisecond job
@@ -115,17 +127,17 @@ module Fastworker
         raise Payload::Invalid, "more than #{BATCH_LIMIT} jobs in one batch" if lines.size > BATCH_LIMIT
 
         keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
-        Result.json_text(200, "done", run_batch(lines, keys))
+        Result.json_text(200, "done", run_batch(lines, keys, env["puma.socket"]))
       end
 
       # The jobs one after the other; the answer's JSON array is written as they finish, and
       # each job's outcome and time (from the end of the previous one) go to a Tally folded
       # into the metrics once.
-      def run_batch(lines, keys)
+      def run_batch(lines, keys, socket)
         out = +"["
         tally = Metrics::Tally.new
         mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        @executor.batch do |runner|
+        @executor.batch(socket: socket) do |runner|
           lines.each_with_index do |raw, i|
             result = begin
               runner.call(Payload.parse_job(raw), raw, keys[i])
@@ -151,10 +163,36 @@ module Fastworker
         Result.json(200, "done", @exhausted.call(job, error, run_block: run_block))
       end
 
+      # Answered in every state: a draining sidecar still stops the jobs it is told to.
+      def cancel(env)
+        body = Payload.parse_object(read_body(env), "body")
+        jids = body["jids"]
+        raise Payload::Invalid, "\"jids\" must be an array of strings" unless jids.is_a?(Array) && jids.all?(String)
+
+        grace = body.fetch("grace", CANCEL_GRACE)
+        raise Payload::Invalid, "\"grace\" must be a number of seconds" unless grace.is_a?(Numeric) && grace >= 0
+
+        answer = @drain.cancel(jids, [grace.to_f, CANCEL_GRACE_MAX].min)
+        Compat.logger.warn("fastworker-sidecar: cancelled by the worker: #{answer["stopped"].join(", ")}") unless answer["stopped"].empty?
+        Result.json(200, "done", answer)
+      end
+
+      # 503 while booting: :startup fires only once the app is booted, and the worker retries.
+      def lifecycle_event(env)
+        return Result.unavailable(:booting) if @drain.state == :booting
+
+        body = Payload.parse_object(read_body(env), "body")
+        Result.json(200, "done", @lifecycle.call(body["event"], body["identity"], timeout: body["timeout"],
+          quiet: body["quiet"] == true))
+      rescue ArgumentError => e
+        Result.bad_request(e.message)
+      end
+
       def health
         body = {"status" => @drain.ready? ? "ok" : @drain.state.to_s, "sidekiq" => ::Sidekiq::VERSION,
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
-                "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT}
+                "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT,
+                "cancel" => true, "lifecycle" => true, "drain_timeout" => Sidecar.drain_timeout}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
       end
 

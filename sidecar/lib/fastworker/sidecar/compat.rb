@@ -17,6 +17,7 @@ module Fastworker
     #    `wrapped` class first, then on the job class (Sidekiq 7.1.3+ lookup order).
     # 6. Recognise Sidekiq::Shutdown anywhere in an exception's cause chain.
     # 7. Say which per-job steps the installed version has (`_context=`, 7.3+).
+    # 8. Fire a lifecycle event's blocks (`config.on(...)`), as Sidekiq's fire_event does.
     module Compat
       PASS_THROUGH = proc { |&block| block.call }
 
@@ -50,6 +51,21 @@ module Fastworker
 
       def logger
         ::Sidekiq.logger
+      end
+
+      # The blocks the app registered with `config.on(event)` (6.x: Sidekiq.options, 7.x+:
+      # the default configuration), called as fire_event calls them: in order (reverse for
+      # :quiet and :shutdown), each block's error to the error handlers, the others still run.
+      # An event this Sidekiq does not know (6.x has no :beat) has no blocks.
+      def fire_event(event, reverse: false)
+        blocks = Array((option(:lifecycle_events) || {})[event]).dup
+        blocks.reverse! if reverse
+        blocks.each do |block|
+          block.call
+        rescue => e
+          handle_exception(e, {context: "Exception during Sidekiq lifecycle event.", event: event})
+        end
+        blocks.size
       end
 
       def job_logger

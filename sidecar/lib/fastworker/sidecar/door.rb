@@ -16,7 +16,7 @@ module Fastworker
     #    talk to us (status, protocol, batch support, limits): no versions, pid or load.
     # Without a secret the door is open: the Launcher allows that on loopback only.
     class Door
-      PROTOCOL = %w[/perform /perform_batch /exhausted].freeze
+      PROTOCOL = %w[/perform /perform_batch /exhausted /cancel /lifecycle].freeze
       BODY = "fastworker.body"
       AUTHENTIC = "fastworker.authentic"
       PUBLIC_HEALTH = %w[status protocol batch batch_max].freeze

@@ -23,6 +23,9 @@ module Fastworker
     # 6. Admission: take a Drain slot (or answer 503), always give it back, and never let a
     #    late Sidekiq::Shutdown (raised by a hard stop just as the job finished) escape into Puma.
     # 7. Batches: the same steps per job, one job after the other on one thread (#batch).
+    # 8. Cancellation: each admitted job is registered with its jid and its request's socket,
+    #    so that POST /cancel and a closed connection (DisconnectWatch) stop it with
+    #    Sidekiq::Shutdown; the rest of a cancelled batch is not admitted.
     # The reloader, job logger and middleware chain are looked up once (see Setup); what runs
     # per job is what Sidekiq's Processor runs per job.
     class Executor
@@ -35,17 +38,21 @@ module Fastworker
       DEFER_SHUTDOWN = {::Sidekiq::Shutdown => :never}.freeze
       TAKE_SHUTDOWN = {::Sidekiq::Shutdown => :immediate}.freeze
 
-      def initialize(drain)
+      def initialize(drain, watch: DisconnectWatch.new(drain))
         @drain = drain
+        @watch = watch
         @setup = nil
       end
 
       # Admits the job through the Drain (503 when booting, draining or at capacity), runs it,
-      # and releases its slot whatever happens. Returns its Result.
-      def call(job, raw, idempotency_key: nil)
+      # and releases its slot whatever happens. Returns its Result. `socket`: the request's
+      # connection, watched while the job runs (nil: not watched).
+      def call(job, raw, idempotency_key: nil, socket: nil)
         result = nil
-        shutdown_deferred { result = run(job, raw, idempotency_key) }
+        shutdown_deferred { result = run(job, raw, idempotency_key, socket) }
         result || Result.shutdown(job["jid"])
+      ensure
+        @drain.request_done
       end
 
       # Several jobs on this thread: yields a runner; `runner.call(job, raw, key)` admits and
@@ -53,8 +60,10 @@ module Fastworker
       # covers the whole batch: a hard stop still interrupts only a running job, and one that
       # arrives between jobs is swallowed at the end (no later job is admitted after a drain
       # began, which a hard stop always follows).
-      def batch
-        shutdown_deferred { yield method(:run_one) }
+      def batch(socket: nil)
+        shutdown_deferred { yield ->(job, raw, key) { run_one(job, raw, key, socket) } }
+      ensure
+        @drain.request_done
       end
 
       private
@@ -68,17 +77,19 @@ module Fastworker
         # Arrived after the job had finished: its own result stands.
       end
 
-      def run_one(job, raw, idempotency_key)
-        run(job, raw, idempotency_key) || Result.shutdown(job["jid"])
+      def run_one(job, raw, idempotency_key, socket)
+        run(job, raw, idempotency_key, socket) || Result.shutdown(job["jid"])
       rescue ::Sidekiq::Shutdown
         # Escaped the job (e.g. raised in its error handlers): not attempted, requeued.
         Result.shutdown(job["jid"])
       end
 
       # Inside shutdown_deferred only. nil when a Sidekiq::Shutdown ended the job.
-      def run(job, raw, idempotency_key)
-        admission = @drain.admit
+      def run(job, raw, idempotency_key, socket = nil)
+        admission = @drain.admit(job["jid"], socket)
         return Result.unavailable(admission, job["jid"]) unless admission == :ok
+
+        @watch.ensure_running if socket
 
         begin
           Thread.handle_interrupt(TAKE_SHUTDOWN) do

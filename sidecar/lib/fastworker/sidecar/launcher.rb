@@ -63,6 +63,7 @@ module Fastworker
 
         drain = Drain.new(capacity: options[:threads])
         Sidecar.drain = drain
+        Sidecar.drain_timeout_explicit = true if options[:drain_timeout_explicit]
         Sidecar.drain_timeout = options[:drain_timeout]
         PumaDrain.install!
         app = App.new(drain: drain, workers: options[:workers], door: Door.from_env(@env))
@@ -182,9 +183,10 @@ module Fastworker
           o.on("-t", "--threads N", Integer, "jobs per process (env FASTWORKER_SIDECAR_THREADS; default #{DEFAULT_THREADS})") { |v| opts[:threads] = v }
           o.on("-w", "--workers W", Integer, "Puma worker processes (env FASTWORKER_SIDECAR_WORKERS; default 1)") { |v| opts[:workers] = v }
           o.on("-e", "--environment ENV", "RAILS_ENV (default: RAILS_ENV or development)") { |v| opts[:environment] = v }
-          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default: Sidekiq's timeout, 25)") do |v|
+          o.on("--drain-timeout SECONDS", Float, "on TERM, wait this long for running jobs (default: the workers' --timeout, else Sidekiq's timeout, 25)") do |v|
             opts[:drain_timeout] = v
             opts[:drain_timeout_given] = true
+            opts[:drain_timeout_explicit] = true
           end
           o.on("--print-config", "boot the app, print Sidekiq's resolved server configuration as JSON and exit") { opts[:print_config] = true }
           o.on("-h", "--help", "show this help") do

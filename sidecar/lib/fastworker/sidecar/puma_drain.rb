@@ -10,6 +10,7 @@ module Fastworker
     # 2. On the first stop: mark the Drain draining (new /perform → 503, /health → 503) while
     #    the listener stays open, and on a separate thread wait for in-flight jobs (up to
     #    Sidecar.drain_timeout, then Sidekiq::Shutdown in the stragglers), then let Puma stop.
+    #    Before waiting, fire the app's :quiet and :shutdown lifecycle events (Lifecycle).
     # 3. Any later stop (Puma calls it again while exiting) goes straight to Puma.
     module PumaDrain
       def self.install!
@@ -25,6 +26,8 @@ module Fastworker
           @fastworker_drain_started = true
           drain.begin_drain! # trap-safe: a plain assignment
           Thread.new do
+            lifecycle = Fastworker::Sidecar.lifecycle
+            lifecycle&.stopping! # :quiet and :shutdown before waiting, as Sidekiq's Manager#stop
             drain.drain(Fastworker::Sidecar.drain_timeout)
             super(false)
           end

@@ -1,0 +1,110 @@
+"""Tells the sidecar this worker's lifecycle, so the app's Sidekiq lifecycle events fire there.
+
+The Sidekiq server fires ``:startup`` (booted, before fetching), ``:quiet`` (TSTP, the Web UI's
+Quiet, the start of TERM), ``:shutdown`` (stopping, before waiting for jobs), ``:heartbeat`` (first
+beat) and 7.x's ``:beat`` (every beat); sidekiq-cron, sidekiq-scheduler and apps' ``config.on``
+blocks hang off them. The sidecar fires them (sidecar/lib/fastworker/sidecar/lifecycle.rb) from
+what each worker tells it here.
+
+Duties:
+1. ``start``: POST /lifecycle ``startup`` with this worker's identity and ``--timeout`` (the sidecar's
+   drain timeout follows it), once, before the fetcher starts; not delivered (sidecar booting or
+   down) -> the loop keeps trying, and a ``beat`` registers the worker too.
+2. every ``heartbeat_interval``: a ``beat`` (with the quiet flag), which also re-registers the worker
+   with a sidecar that restarted meanwhile;
+3. ``quiet()`` / ``stopping()``: ``quiet`` / ``shutdown`` at once, in order;
+4. ``stop``: let the loop deliver what is still pending (``shutdown`` at the latest) within
+   STOP_FLUSH seconds; never block shutdown longer, never send an event twice.
+Events are delivered one at a time, in order, by one task; failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .log import log
+
+STOP_FLUSH = 5.0
+RETRY_AFTER = 1.0
+
+
+class Lifecycle:
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+        self.interval = launcher.config.heartbeat_interval
+        self.pending: list[str] = []
+        self.delivered: list[str] = []  # for tests and logs
+        self.started = False  # the sidecar took our startup
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- component contract ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.pending.append("startup")
+        await self.tick()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def quiet(self) -> None:
+        self._push("quiet")
+
+    def stopping(self) -> None:
+        self._push("shutdown")
+
+    async def stop(self) -> None:
+        # the loop delivers what is pending (``shutdown`` at the latest) and ends by itself:
+        # cancelling it mid-request and sending again would deliver an event twice
+        self._closing = True
+        self._push("shutdown")
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait([task], timeout=STOP_FLUSH)
+        if not done:
+            log.warn("lifecycle_undelivered", events=self.pending)
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def _push(self, event: str) -> None:
+        if event not in self.pending and event not in self.delivered:
+            self.pending.append(event)
+        self._wake.set()
+
+    async def tick(self) -> bool:
+        """Deliver the pending events in order; False when one could not be delivered."""
+        while self.pending:
+            event = self.pending[0]
+            if not await self._send(event):
+                return False
+            self.pending.pop(0)
+            self.delivered.append(event)
+            if event == "startup":
+                self.started = True
+            log.info("lifecycle_event", lifecycle_event=event)
+        return True
+
+    async def _run(self) -> None:
+        while not (self._closing and not self.pending):
+            try:
+                await asyncio.wait_for(self._wake.wait(), RETRY_AFTER if self.pending else self.interval)
+            except asyncio.TimeoutError:
+                pass
+            woken = self._wake.is_set() or self._closing
+            self._wake.clear()
+            if not await self.tick():
+                if self._closing:  # a sidecar we cannot reach fires nothing: do not hold up the stop
+                    log.warn("lifecycle_undelivered", events=self.pending)
+                    return
+                continue
+            if not woken and "shutdown" not in self.delivered:
+                if await self._send("beat"):
+                    self.started = True
+
+    async def _send(self, event: str) -> bool:
+        L = self.launcher
+        return await L.sidecar.lifecycle(event, L.identity, timeout=L.config.timeout,
+                                         quiet=L.quiet or L.stopping)

@@ -1,0 +1,107 @@
+# frozen_string_literal: true
+
+require "helper"
+require "socket"
+
+# Issue 10: a job the worker gives back stops (POST /cancel, a closed connection), and the
+# app's lifecycle blocks fire from the workers' /lifecycle events.
+class LifecycleTest < Minitest::Test
+  include SidecarTestHelpers
+
+  def perform_env(payload, socket)
+    env = Rack::MockRequest.env_for("/perform", method: "POST", input: JSON.generate(payload))
+    env["puma.socket"] = socket
+    status, _, body = @app.call(env)
+    [status, JSON.parse(body.join)]
+  end
+
+  def test_cancel_stops_the_running_job_with_shutdown_and_says_so
+    payload = job("SlowJob", [5])
+    runner = Thread.new { perform(payload) }
+    sleep 0.01 until @drain.in_flight == 1
+    status, answer = post("/cancel", {"jids" => [payload["jid"], "nope"], "grace" => 2})
+    assert_equal 200, status
+    assert_equal({"stopped" => [payload["jid"]], "running" => [], "unknown" => ["nope"]}, answer)
+    assert_equal "shutdown", runner.value[1]["status"]
+    assert_empty Recorder[:slow]
+    assert_equal 0, @drain.in_flight
+  end
+
+  def test_a_closed_request_connection_stops_its_job
+    mine, theirs = UNIXSocket.pair
+    refute Fastworker::Sidecar::DisconnectWatch.closed?(mine)
+    payload = job("SlowJob", [5])
+    runner = Thread.new { perform_env(payload, mine) }
+    sleep 0.01 until @drain.in_flight == 1
+    theirs.close # the worker gave the job back and hung up
+    status, body = runner.value
+    assert_equal [503, "shutdown"], [status, body["status"]]
+    assert_empty Recorder[:slow]
+  ensure
+    mine&.close
+  end
+
+  def test_the_rest_of_a_cancelled_batch_is_not_run
+    slow = job("SlowJob", [5])
+    after = job("ContextJob", ["after"])
+    runner = Thread.new do
+      Rack::MockRequest.new(@app).request("POST", "/perform_batch", input: [slow, after].map { |j| JSON.generate(j) }.join("\n"))
+    end
+    sleep 0.01 until @drain.in_flight == 1
+    post("/cancel", {"jids" => [slow["jid"], after["jid"]]})
+    items = JSON.parse(runner.value.body)
+    assert_equal %w[shutdown unavailable], items.map { |i| i["status"] }
+    assert_empty Recorder[:context]
+  end
+
+  def with_lifecycle_blocks
+    events = Fastworker::Sidecar::Compat.option(:lifecycle_events)
+    saved = events.transform_values(&:dup)
+    seen = []
+    events.each_key { |name| events[name] << -> { seen << name } }
+    events[:startup] << -> { raise "a broken startup block" }
+    yield seen
+  ensure
+    events.replace(saved)
+  end
+
+  def test_events_fire_as_the_sidekiq_server_fires_them_for_two_workers
+    with_lifecycle_blocks do |seen|
+      call = ->(event, id, **kw) { post("/lifecycle", {"event" => event, "identity" => id}.merge(kw.transform_keys(&:to_s))) }
+      assert_equal 200, call.("startup", "a", timeout: 7)[0]
+      call.("startup", "b", timeout: 3)
+      assert_equal [:startup], seen # once, and a raising block does not stop the others
+      assert_equal 7.0, Fastworker::Sidecar.drain_timeout unless Fastworker::Sidecar.drain_timeout_explicit
+      call.("beat", "a")
+      call.("beat", "b")
+      assert_equal %i[startup heartbeat], seen.first(2) # :heartbeat on the first beat only (6.4.1 has no :beat)
+      assert_equal 1, seen.count(:heartbeat)
+      call.("quiet", "a")
+      refute_includes seen, :quiet # b still works
+      refute @drain.stopping?
+      call.("quiet", "b")
+      assert_equal 1, seen.count(:quiet)
+      assert @drain.stopping? # IterableJob checkpoints now
+      call.("shutdown", "a")
+      refute_includes seen, :shutdown
+      call.("shutdown", "b")
+      call.("shutdown", "b") # a repeated goodbye changes nothing
+      assert_equal 1, seen.count(:shutdown)
+      assert_equal 1, seen.count(:startup)
+      assert_operator seen.index(:quiet), :<, seen.index(:shutdown)
+      # a worker that starts after the last one stopped begins a new cycle
+      call.("startup", "c")
+      assert_equal 2, seen.count(:startup)
+    end
+  ensure
+    Fastworker::Sidecar.drain_timeout = nil
+  end
+
+  def test_lifecycle_is_refused_while_booting_and_bad_events_are_400
+    assert_equal 400, post("/lifecycle", {"event" => "explode", "identity" => "a"})[0]
+    assert_equal 400, post("/lifecycle", {"event" => "startup"})[0]
+    booting = Fastworker::Sidecar::Drain.new(capacity: 1)
+    @app = Fastworker::Sidecar::App.new(drain: booting)
+    assert_equal 503, post("/lifecycle", {"event" => "startup", "identity" => "a"})[0]
+  end
+end

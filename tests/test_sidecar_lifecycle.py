@@ -1,0 +1,118 @@
+"""The sidecar is a Sidekiq server inside (issue 10), with the real sidecar and the demo app:
+
+- a job the worker gives back at its --timeout stops running in the sidecar (Sidekiq::Shutdown
+  in its thread), so after a restart it runs to completion exactly once;
+- the app's ``config.on`` lifecycle blocks fire: a sidekiq-cron-like thread started on
+  ``:startup`` enqueues jobs that run; ``:heartbeat``, ``:quiet`` on TSTP, ``:shutdown`` on TERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REDIS_BASE, TEST_DB
+from tests.helpers import rails
+from tests.helpers.procs import ruby, wait_until
+
+pytestmark = pytest.mark.skipif(not rails.ruby_available(), reason="needs Debian's ruby, rails, sidekiq")
+
+DB = rails.RAILS_ROOT / "db" / "test.sqlite3"
+URL = f"{REDIS_BASE}/{TEST_DB}"
+
+
+@pytest.fixture
+def db(redis_url) -> Iterator[sqlite3.Connection]:
+    rails.prepare_db(URL)
+    conn = sqlite3.connect(DB, timeout=10, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for table in ("job_runs", "job_events", "widgets"):
+        conn.execute(f"DELETE FROM {table}")
+    yield conn
+    conn.close()
+
+
+def runs(db: sqlite3.Connection, kind: str) -> list[dict]:
+    rows = [dict(r) for r in db.execute("SELECT * FROM job_runs WHERE kind = ? ORDER BY id", (kind,))]
+    for r in rows:
+        r["args"] = json.loads(r.pop("args_json") or "null")
+    return rows
+
+
+def test_a_job_cut_off_by_term_stops_in_the_sidecar_and_runs_exactly_once_after_restart(db, worker, r):
+    with rails.start_sidecar(URL, threads=2) as sidecar:
+        # the sidecar's drain timeout follows the worker's --timeout once the worker says hello
+        w = worker("-q", "default", "-t", "3", sidecar_url=sidecar.url, name="first")
+        wait_until(lambda: sidecar.health()[1].get("drain_timeout") == 3.0, 20, 0.1, "drain timeout 3")
+        ruby(URL, 'Sidekiq::Client.push("class" => "SlowWorker", "args" => [6])')
+        wait_until(lambda: sidecar.health()[1].get("in_flight") == 1, 20, 0.05, "the slow job running")
+        started = time.monotonic()
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        assert r.llen("queue:default") == 1  # given back, byte-identical
+        # it no longer runs in the sidecar: it never finishes there
+        time.sleep(max(0.0, started + 7 - time.monotonic()))
+        assert runs(db, "slow") == []
+        assert sidecar.health()[1]["in_flight"] == 0
+        assert [e["stopped"] for e in w.events("shutdown_cancelled")] == [1]
+        # after a restart it runs to completion, exactly once
+        w2 = worker("-q", "default", "-t", "3", sidecar_url=sidecar.url, name="second")
+        wait_until(lambda: len(runs(db, "slow")) == 1, 30, 0.1, "the slow job done")
+        time.sleep(1.0)
+        assert len(runs(db, "slow")) == 1 and r.llen("queue:default") == 0
+        assert w2.stop() == 0
+
+
+def _lifecycle(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_lifecycle_blocks_fire_and_a_startup_scheduler_thread_enqueues_jobs_that_run(db, worker, r, tmp_path):
+    log = tmp_path / "lifecycle.log"
+    env = {"DEMO_LIFECYCLE_LOG": str(log), "DEMO_CRON_EVERY": "0.3"}
+    with rails.start_sidecar(URL, threads=2, env=env) as sidecar:
+        time.sleep(0.5)
+        assert _lifecycle(log) == []  # booted, but no worker connected yet: no :startup
+        w = worker("-q", "default", "--heartbeat-interval", "1", sidecar_url=sidecar.url)
+        wait_until(lambda: "startup" in _lifecycle(log), 20, 0.05, ":startup")
+        # the scheduler thread started on :startup enqueues with Sidekiq's client; the jobs run
+        wait_until(lambda: len(runs(db, "plain")) >= 3, 20, 0.1, "cron jobs run")
+        assert [x["args"][0] for x in runs(db, "plain")] == ["cron"] * len(runs(db, "plain"))
+        wait_until(lambda: "heartbeat" in _lifecycle(log), 10, 0.05, ":heartbeat")
+        assert "quiet" not in _lifecycle(log)
+        w.signal(signal.SIGTSTP)
+        wait_until(lambda: "quiet" in _lifecycle(log), 10, 0.05, ":quiet on TSTP")
+        assert "shutdown" not in _lifecycle(log)
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        wait_until(lambda: "shutdown" in _lifecycle(log), 10, 0.05, ":shutdown on TERM")
+        assert _lifecycle(log) == ["startup", "heartbeat", "quiet", "shutdown"]
+        # the scheduler stopped on :shutdown: nothing more is enqueued
+        queued = r.llen("queue:default")
+        time.sleep(1.0)
+        assert r.llen("queue:default") == queued
+
+
+def test_the_worker_tells_its_lifecycle_and_cancels_before_it_requeues(worker, stub, r):
+    """Against the stub: startup before any job, quiet and shutdown at TERM, then at --timeout
+    the unfinished job is cancelled in the sidecar before it goes back to its queue."""
+    w = worker("-q", "default", "-t", "1")
+    w.wait_event("lifecycle_event")
+    ruby(URL, 'Sidekiq::Client.push("class" => "SlowJob", "args" => [5])')
+    wait_until(lambda: stub.stats()["in_flight"] == 1, 10, 0.05, "the slow job running")
+    w.signal(signal.SIGTERM)
+    assert w.wait(20) == 0
+    calls = stub.stats()["control"]
+    assert [(c["path"], c.get("event")) for c in calls] == [
+        ("/lifecycle", "startup"), ("/lifecycle", "quiet"), ("/lifecycle", "shutdown"), ("/cancel", None)]
+    assert calls[0]["timeout"] == 1.0 and calls[0]["identity"]
+    assert len(calls[3]["jids"]) == 1
+    names = [e["event"] for e in w.events()]
+    assert names.index("shutdown_cancelled") < names.index("shutdown_requeued")
+    assert r.llen("queue:default") == 1
