@@ -97,9 +97,14 @@ class Sidecar:
         self._log_file = log_file
 
     def health(self, timeout: float = 2.0) -> tuple[int, Any]:
-        """(status, body) of GET /health; (0, None) when nothing answers."""
+        """(status, body) of GET /health, signed as the worker signs it when a secret is set (an
+        unsigned caller sees only the public fields); (0, None) when nothing answers."""
+        from fastworker import signing
+        secret = signing.load_secret(os.environ)
+        headers = signing.Signer(secret).headers("GET", "/health", b"", "") if secret else {}
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(urllib.request.Request(self.url + "/health", headers=headers),
+                                        timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             with exc:
