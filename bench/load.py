@@ -205,15 +205,16 @@ class Compose:
         self.cmd = shlex.split(command)
         self.grace = grace
 
-    def run(self, *args: str, check: bool = True) -> str:
-        log("$ " + " ".join(self.cmd[-1:] + list(args)))
+    def run(self, *args: str, check: bool = True, quiet: bool = False) -> str:
+        if not quiet:
+            log("$ compose " + " ".join(args))
         res = subprocess.run(self.cmd + list(args), capture_output=True, text=True, timeout=300)
         if check and res.returncode:
             raise RuntimeError(f"{' '.join(args)}: {res.stderr.strip()[-800:]}")
         return res.stdout
 
     def ids(self, service: str) -> list[str]:
-        return self.run("ps", "-q", service).split()
+        return self.run("ps", "-q", service, quiet=True).split()
 
     @staticmethod
     def inspect(cid: str, fmt: str) -> str:
@@ -312,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() > deadline:
             raise SystemExit(f"{args.app_url}: the app is not healthy")
         time.sleep(1)
+    compose = Compose(args.compose) if args.compose else None
+    if compose:  # `up -d` waits only for what others depend on: the workers' own health too
+        for service in ("redis", "postgres", "app", "sidecar", "worker"):
+            compose.wait_healthy(service)
     load = Load(app)
     stats0 = app.stats()
     load.phase = "burst"
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     applied = 0
     try:
         if faults:
-            applied = run_faults(load, app, Compose(args.compose), faults, args.duration)
+            applied = run_faults(load, app, compose, faults, args.duration)
             time.sleep(args.duration / 2)
     finally:
         load.stop_rate()
