@@ -252,6 +252,11 @@ def run_faults(load: Load, app: App, compose: Compose, faults: list[str], hold: 
             compose.run("restart", "redis")
             compose.wait_healthy("redis")
         elif fault == "kill":
+            # jobs in flight die with it: slow ones (2 s) in its slots; the sidecar still finishes
+            # them, and the recoverer puts them back once the dead worker's record expires, so
+            # they run twice (at-least-once: counted as duplicated, never lost)
+            load.post(10, kind="slow", seconds=2)
+            time.sleep(0.5)
             cid = compose.ids("worker")[0]
             restarts = compose.inspect(cid, "{{.RestartCount}}")
             os.kill(int(compose.inspect(cid, "{{.State.Pid}}")), signal.SIGKILL)  # a crash: no drain
