@@ -170,7 +170,7 @@ def analyse(load: Load, rows: list[dict], stats0: dict, stats1: dict, burst: tup
     performed = {j: [r for r in rs if r["status"] == "performed"] for j, rs in by_jid.items()}
     done = [j for j in sent if performed.get(j)]
     lost = [j for j in sent if not performed.get(j)]
-    dup = [j for j in sent if len(by_jid.get(j, ())) > 1]
+    dup = [j for j in sent if len(performed.get(j, ())) > 1]  # a failed attempt then a success is a retry
     retried = [j for j in sent if any(
         r["status"] != "performed" or (r.get("middleware_context") or {}).get("retry_count") is not None
         for r in by_jid.get(j, ()))]
@@ -347,9 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"  {p:>8}: n={v['n']:5d} p50={v['p50']:.3f}s p95={v['p95']:.3f}s p99={v['p99']:.3f}s "
                     f"max={v['max']:.3f}s" for p, v in report["latency_s"].items()), file=sys.stderr)
     bad = report["lost"] or report["retried"] or report["retry_set_growth"] > 0 or report["dead_set_growth"] > 0
-    print(f"{args.label}: {report['enqueued']} enqueued, {report['done']} done, {report['lost']} lost, "
-          f"{report['duplicated']} duplicated, {applied} faults")
+    print(summary_line(args.label, report))
     return 1 if bad else 0
+
+
+def summary_line(label: str, report: dict) -> str:
+    return (f"{label}: {report['enqueued']} enqueued, {report['done']} done, {report['lost']} lost, "
+            f"{report['duplicated']} duplicated, {report['faults']} faults")
 
 
 if __name__ == "__main__":
