@@ -77,3 +77,13 @@ def test_runs_pages_through_every_row():
         srv.server_close()
     assert [r["id"] for r in got] == list(range(1, 2501))
     assert [q["after_id"][0] for q in seen] == ["0", "1000", "2000"]
+
+
+def test_the_local_stack_runs_what_compose_runs():
+    import stack
+    worker, sidecar = stack.compose_commands()
+    import yaml
+    services = yaml.safe_load((stack.ROOT / "docker-compose.yml").read_text())["services"]
+    assert worker == services["worker"]["command"]
+    assert sidecar == ["--threads", "10", "--workers", "2"]
+    assert set(sidecar) <= set(services["sidecar"]["command"])
