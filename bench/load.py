@@ -206,9 +206,10 @@ class Compose:
         self.grace = grace
 
     def run(self, *args: str, check: bool = True, quiet: bool = False) -> str:
-        if not quiet:
-            log("$ compose " + " ".join(args))
+        t = time.monotonic()
         res = subprocess.run(self.cmd + list(args), capture_output=True, text=True, timeout=300)
+        if not quiet:
+            log(f"$ compose {' '.join(args)}  ({time.monotonic() - t:.1f} s)")
         if check and res.returncode:
             raise RuntimeError(f"{' '.join(args)}: {res.stderr.strip()[-800:]}")
         return res.stdout
@@ -273,12 +274,16 @@ def run_faults(load: Load, app: App, compose: Compose, faults: list[str], hold: 
             compose.scale(1)
         elif fault == "rolling":
             # each replica replaced by a new one, one at a time: the new one is healthy before the
-            # old one drains (TERM: stops fetching, finishes its jobs) and goes
+            # old one drains (TERM: stops fetching, finishes its jobs) and goes; two replicas
+            # here, so each step also shows that the other one carries the load meanwhile
+            compose.scale(2)
             for old in compose.ids("worker"):
-                n = len(compose.ids("worker"))
-                compose.scale(n + 1)
+                compose.scale(3)
+                t = time.monotonic()
                 subprocess.run(["docker", "stop", "-t", str(compose.grace), old], check=True, capture_output=True)
                 subprocess.run(["docker", "rm", old], check=True, capture_output=True)
+                log(f"replaced worker {old[:12]} (drained in {time.monotonic() - t:.1f} s)")
+            compose.scale(1)
         elif fault == "stop":
             # jobs in flight: slow ones (1.5 s each) fill the worker's slots as the stack stops
             load.post(30, kind="slow", seconds=1.5)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The base images docker-compose.yml and deploy/Dockerfile.* name: debian:bookworm-slim,
-# python:3.11-slim-bookworm, redis:7.0, postgres:15. Pulled when Docker Hub answers; where it does
+# python:3.11-slim-bookworm, redis:7.0, postgres:15, prom/prometheus. Pulled when Docker Hub answers; where it does
 # not (the project's CI machine), built from Debian's packages and tagged with the official name,
 # so the files users run stay the same. An image already present is kept: a machine builds its
 # stand-ins once. FASTWORKER_STANDINS_REBUILD=1 rebuilds them.
@@ -45,3 +45,5 @@ build() {  # build TAG DOCKERFILE: the official image if it can be pulled, else 
 build python:3.11-slim-bookworm Dockerfile.python
 build redis:7.0 Dockerfile.redis
 build postgres:15 Dockerfile.postgres
+# the monitoring profile's Prometheus (Grafana has no Debian package: its stand-in is not built)
+build "$(awk '/image: prom\/prometheus/ {print $2}' docker-compose.yml)" Dockerfile.prometheus
