@@ -141,3 +141,22 @@ def test_compose_ci_override_only_shortens_recovery():
     assert set(ci["services"]) == {"worker"}
     env = ci["services"]["worker"]["environment"]
     assert int(env["FASTWORKER_PROCESS_TTL"]) > float(env["FASTWORKER_HEARTBEAT_INTERVAL"])
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_prometheus():
+    """The monitoring profile: Grafana's provisioning finds the dashboard where compose mounts it
+    and queries the Prometheus service (make compose-test runs Prometheus itself; Grafana has no
+    image buildable from Debian packages, so it is checked here)."""
+    grafana = SERVICES["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    provisioning = ROOT / next(h for h, c in mounts.items() if c == "/etc/grafana/provisioning")
+    provider = yaml.safe_load((provisioning / "dashboards/fastworker.yml").read_text())["providers"][0]
+    dash_dir = next(h for h, c in mounts.items() if c == provider["options"]["path"])
+    assert list((ROOT / dash_dir).glob("*.json"))
+    ds = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"][0]
+    prom = SERVICES["prometheus"]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    assert set(grafana["networks"]) & set(prom["networks"])
+    assert grafana["profiles"] == prom["profiles"] == ["monitoring"]
+    # Prometheus reaches the workers and the sidecar on the internal network
+    assert "backend" in prom["networks"]
