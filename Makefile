@@ -1,10 +1,11 @@
 # make run   - set everything up and run the demo: Redis (local), the demo Rails app, the sidecar, the worker
 # make test  - set everything up and run every test (what CI runs)
+# make compose-test - the compose stack under a real Docker engine: built, loaded, faults (scripts/compose-test.sh)
 # make bench - throughput/latency/memory figures (fastworker vs stub sidecar, core micro-benchmarks)
 PYTHON ?= python3
 REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: setup run test test-python test-sidecar test-pure bench
+.PHONY: setup run test test-python test-sidecar test-pure bench compose-test
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +15,9 @@ run: setup
 
 test: setup
 	@bash scripts/test.sh
+
+compose-test:
+	@bash scripts/compose-test.sh
 
 bench: setup
 	$(PYTHON) -m pytest bench/bench_core.py --benchmark-only -q

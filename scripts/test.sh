@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: pytest (worker, core on the compiled build, end-to-end with Ruby and Rails), the
 # sidecar's minitest suite, the core again on the pure-Python twin, and the core micro-benchmarks.
+# Last, the compose stack built, loaded and broken under Docker (make compose-test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -31,4 +32,6 @@ $PY bench/throughput.py --jobs 20000 --json || status=1
 $PY bench/vs_sidekiq.py --quick --redis-url redis://127.0.0.1:6379/12 || status=1
 echo "== pytest (includes the hypothesis fuzzers, tests/test_fuzz.py: FASTWORKER_FUZZ_EXAMPLES per property, default 150)"
 $PY -m pytest -q -p no:cacheprovider "$@" || status=1
+echo "== the compose stack under a real Docker engine (scripts/compose-test.sh; FASTWORKER_COMPOSE_TEST=0 skips it)"
+if [ "${FASTWORKER_COMPOSE_TEST:-1}" != 0 ]; then bash scripts/compose-test.sh || status=1; fi
 exit $status

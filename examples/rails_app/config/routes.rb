@@ -5,4 +5,5 @@ Rails.application.routes.draw do
   post "/enqueue", to: "demo#enqueue"
   get "/runs", to: "demo#runs"
   get "/events", to: "demo#events"
+  get "/stats", to: "demo#stats"
 end

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "sidekiq/api"  # Sidekiq::Stats for GET /stats: the client alone does not load it
+
 # The demo's HTTP surface: enqueue jobs, look at what they recorded, health.
 class DemoController < ApplicationController
   # GET /health
@@ -23,9 +25,20 @@ class DemoController < ApplicationController
     render json: {error: e.message}, status: :unprocessable_entity
   end
 
-  # GET /runs?jid=...&kind=...
+  # GET /runs?jid=...&kind=...: the last `limit` rows. With after_id=N: the first `limit` rows
+  # after id N, so a reader pages through every row (bench/load.py counts executions per jid).
   def runs
-    render json: filter(JobRun).order(:id).last(limit)
+    scope = filter(JobRun)
+    return render json: scope.order(:id).last(limit) unless params[:after_id]
+
+    render json: scope.where("id > ?", params[:after_id].to_i).order(:id).limit(limit)
+  end
+
+  # GET /stats: Sidekiq's queue-wide figures, as Sidekiq::Stats reads them from Redis
+  def stats
+    s = Sidekiq::Stats.new
+    render json: {processed: s.processed, failed: s.failed, enqueued: s.enqueued, queues: s.queues,
+                  scheduled_size: s.scheduled_size, retry_size: s.retry_size, dead_size: s.dead_size}
   end
 
   # GET /events?jid=...&event=...
