@@ -15,7 +15,7 @@ export FASTWORKER_SIDECAR_SECRET=${FASTWORKER_SIDECAR_SECRET:-$($PY -c 'import s
 status=0
 echo "== sidecar (minitest)"
 if [ -f sidecar/Rakefile ]; then
-  (cd sidecar && ruby -Ilib -Itest -e 'Dir["test/*_test.rb"].sort.each { |f| require File.expand_path(f) }') || status=1
+  (cd sidecar && timeout 600 ruby -Ilib -Itest -e 'Dir["test/*_test.rb"].sort.each { |f| require File.expand_path(f) }') || status=1
 fi
 echo "== core on the pure-Python twin (FASTWORKER_NO_EXTENSIONS=1)"
 FASTWORKER_NO_EXTENSIONS=1 $PY -m pytest tests/core -q -p no:cacheprovider || status=1

@@ -9,7 +9,8 @@ class LifecycleTest < Minitest::Test
   include SidecarTestHelpers
 
   def perform_env(payload, socket)
-    env = Rack::MockRequest.env_for("/perform", method: "POST", input: JSON.generate(payload))
+    raw = JSON.generate(payload)
+    env = Rack::MockRequest.env_for("/perform", {method: "POST", input: raw}.merge(signature("POST", "/perform", raw)))
     env["puma.socket"] = socket
     status, _, body = @app.call(env)
     [status, JSON.parse(body.join)]
@@ -44,8 +45,9 @@ class LifecycleTest < Minitest::Test
   def test_the_rest_of_a_cancelled_batch_is_not_run
     slow = job("SlowJob", [5])
     after = job("ContextJob", ["after"])
+    raw = [slow, after].map { |j| JSON.generate(j) }.join("\n")
     runner = Thread.new do
-      Rack::MockRequest.new(@app).request("POST", "/perform_batch", input: [slow, after].map { |j| JSON.generate(j) }.join("\n"))
+      Rack::MockRequest.new(@app).request("POST", "/perform_batch", {input: raw}.merge(signature("POST", "/perform_batch", raw)))
     end
     sleep 0.01 until @drain.in_flight == 1
     post("/cancel", {"jids" => [slow["jid"], after["jid"]]})
