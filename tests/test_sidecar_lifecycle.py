@@ -30,10 +30,7 @@ URL = f"{REDIS_BASE}/{TEST_DB}"
 @pytest.fixture
 def db(redis_url) -> Iterator[sqlite3.Connection]:
     rails.prepare_db(URL)
-    conn = sqlite3.connect(DB, timeout=10, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    for table in ("job_runs", "job_events", "widgets"):
-        conn.execute(f"DELETE FROM {table}")
+    conn = rails.clean_db()
     yield conn
     conn.close()
 

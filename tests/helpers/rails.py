@@ -66,6 +66,16 @@ def prepare_db(redis_url: str, database_url: str | None = None, rails_env: str =
     return _run(["ruby", "bin/rails", "db:prepare"], app_env(redis_url, database_url, rails_env), timeout)
 
 
+def clean_db() -> Any:
+    """A connection to the demo app's test database (SQLite) with its job tables emptied."""
+    import sqlite3
+    conn = sqlite3.connect(RAILS_ROOT / "db" / "test.sqlite3", timeout=10, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for table in ("job_runs", "job_events", "widgets"):
+        conn.execute(f"DELETE FROM {table}")
+    return conn
+
+
 def rails_runner(snippet: str, redis_url: str, database_url: str | None = None, rails_env: str = "test",
                  env: dict[str, str] | None = None, timeout: float = 120) -> str:
     """Run `snippet` with `bin/rails runner` in the demo app; returns stdout (raises on failure)."""
