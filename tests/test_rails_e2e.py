@@ -18,7 +18,6 @@ from tests.conftest import REDIS_BASE, TEST_DB
 from tests.helpers import rails
 from tests.helpers.procs import free_port, ruby_json, wait_http, wait_until
 
-DB = rails.RAILS_ROOT / "db" / "test.sqlite3"
 URL = f"{REDIS_BASE}/{TEST_DB}"
 
 

@@ -23,7 +23,6 @@ from tests.helpers.procs import ruby, wait_until
 
 pytestmark = pytest.mark.skipif(not rails.ruby_available(), reason="needs Debian's ruby, rails, sidekiq")
 
-DB = rails.RAILS_ROOT / "db" / "test.sqlite3"
 URL = f"{REDIS_BASE}/{TEST_DB}"
 
 
