@@ -9,8 +9,9 @@ Duties:
    measured, or slower, gets a request per job, so a slow job never waits behind another one and
    slow jobs keep Puma's thread parallelism;
 3. ``split``: the batchable jobs of one fetch go into requests of at most ``size`` jobs, chosen so
-   that at full concurrency ``LANES`` requests are in flight per sidecar process (see LANES for
-   why one: with several Puma workers the worker and the processes still work at the same time).
+   that at full concurrency a single sidecar process has as many requests in flight as it takes
+   pipelined on one connection (``Offer.pipeline``, see LANES): one runs in Ruby while the worker
+   turns the last answer round and sends the next. Several processes get one each.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Requests in flight per sidecar process at full concurrency. Measured on the project's 2-core
-# machine at -c 10 against one Puma process: 1 lane (batches of 10) ran 8,016-8,414 jobs/s at
-# 105-107 us of CPU per job, 2 lanes (batches of 5) 5,659-6,633 jobs/s at 157-160 us: a Puma
-# request costs the sidecar ~200 us, so halving the batch costs more than the overlap gains.
-# Several Puma workers still give overlap: one batch in flight per process.
+# Requests in flight per sidecar process at full concurrency, when the sidecar cannot take them
+# pipelined on one connection. Measured on the project's 2-core machine at -c 10 against one Puma
+# process: 1 lane (batches of 10) ran 8,016-8,414 jobs/s at 105-107 us of CPU per job, 2 lanes on
+# two connections (batches of 5) 5,659-6,633 jobs/s at 157-160 us: two Puma threads fighting for
+# the GVL cost ~250 us more per request than the overlap gains. Pipelined on one connection, one
+# thread takes them in turn and 2 lanes pay (Offer.pipeline; design.md, "Pipelined batches"),
+# but only before ONE process: before two Puma workers (-c 20) batches of 10 ran 7,466-9,410
+# jobs/s at 120-148 us of CPU per job, pipelined batches of 5 6,619-6,705 at 184-199 us.
 LANES = 1
 ALPHA = 0.2  # weight of a new sample in the moving averages
 SPIKE = 4.0  # a sample counts at most this many times the current average (a GC pause, a preemption)
@@ -34,11 +38,12 @@ MAX_BATCH = 32  # jobs per batch when the sidecar offers batches without saying 
 class Offer:
     """What the sidecar's GET /health advertises (kept current by the sidecar client)."""
 
-    __slots__ = ("batch_max", "processes")
+    __slots__ = ("batch_max", "processes", "pipeline")
 
-    def __init__(self, batch_max: int = 1, processes: int = 1) -> None:
+    def __init__(self, batch_max: int = 1, processes: int = 1, pipeline: int = 1) -> None:
         self.batch_max = batch_max  # jobs per /perform_batch; 1 = no batches
         self.processes = processes  # sidecar processes (Puma workers) behind the URL
+        self.pipeline = pipeline  # requests each takes pipelined on one connection; 1 = none
 
 
 class BatchPlanner:
@@ -52,8 +57,12 @@ class BatchPlanner:
 
     @property
     def size(self) -> int:
-        """Jobs per batch: enough requests to keep LANES in flight per sidecar process."""
-        lanes = LANES * max(1, self.offer.processes)
+        """Jobs per batch: enough requests to keep each sidecar process's lanes full."""
+        processes = max(1, self.offer.processes)
+        # one process: pipelined lanes overlap Ruby with the worker. Several: they overlap with
+        # each other already, and halving the batches cost more than it gained (see LANES)
+        per_process = max(LANES, self.offer.pipeline) if processes == 1 else LANES
+        lanes = per_process * processes
         return max(1, min(self.offer.batch_max, -(-self.concurrency // lanes)))
 
     # -- measurements --------------------------------------------------------------------------

@@ -127,6 +127,7 @@ class Launcher:
         log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.total_concurrency,
                  capsules={cap.name: cap.concurrency for cap in c.all_capsules},
                  sidecar_url=c.sidecar_url, sidecar_processes=self.sidecar.offer.processes,
+                 sidecar_pipeline=self.sidecar.offer.pipeline, batch_size=self.planner.size,
                  sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
 

@@ -40,9 +40,11 @@ LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the
 
 @dataclass(slots=True)
 class Done:
-    """perform returned (200); ``runtime_ms`` as the sidecar measured it (None if not reported)."""
+    """perform returned (200); ``runtime_ms`` as the sidecar measured it (None if not reported);
+    ``skipped``: an IterableJob interrupted and re-enqueued itself (7.3+ JobRetry::Skip)."""
 
     runtime_ms: float | None
+    skipped: bool = False
 
 
 @dataclass(slots=True)
@@ -74,7 +76,7 @@ class JobTimedOut(Exception):
         super().__init__(seconds)
         self.seconds = seconds
 
-    def failure(self) -> "Failed":
+    def failure(self) -> Failed:
         return Failed("Fastworker::JobTimeout", f"the job ran longer than --job-timeout ({self.seconds:g} s)",
                       None, None, None, {})
 
@@ -120,7 +122,7 @@ class SidecarClient:
             self.control = None
 
     async def _post(self, path: str, data: bytes, headers: dict[str, str],
-                    control_timeout: float | None = None) -> Response:
+                    control_timeout: float | None = None, pipelined: bool = False) -> Response:
         """POST: the answer. A connection error or timeout raises SidecarUnavailable (JobTimedOut
         past --job-timeout). While it waits, the request counts for the hang watchdog; a control
         request (``control_timeout`` given) goes over the control connection and does not."""
@@ -142,7 +144,7 @@ class SidecarClient:
         started = self.outstanding[task] = time.monotonic()
         try:
             resp = await self.http.request("POST", path, data, self._signed("POST", path, data, headers),
-                                           self.job_timeout or None)
+                                           self.job_timeout or None, pipelined)
             self.last_answer = time.monotonic()
             return resp
         except TransportTimeout as exc:
@@ -178,9 +180,11 @@ class SidecarClient:
             return _failed(body)
         if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
             return BadJob(_reason(body))
-        raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
+        raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
+                                 interrupted=status == 503 and _status_of(body) == "shutdown")
 
-    async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
+    async def perform_batch(self, raws: list[bytes],
+                            jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
@@ -189,7 +193,8 @@ class SidecarClient:
             return await limits.one_by_one(self, raws, jids)
         try:
             resp = await self._post("/perform_batch", b"\n".join(raws),
-                                    {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)})
+                                    {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)},
+                                    pipelined=True)
         except JobTimedOut as exc:
             await self.cancel(jids)
             return [exc.failure() for _ in raws]
@@ -207,13 +212,14 @@ class SidecarClient:
             st = item.get("status") if isinstance(item, dict) else None
             if st == "done":
                 rt = item.get("runtime_ms")
-                out.append(Done(rt if isinstance(rt, (int, float)) else None))
+                out.append(Done(rt if isinstance(rt, (int, float)) else None, item.get("skipped") is True))
             elif st == "failed":
                 out.append(_failed_from(item))
             elif st == "bad_request":
                 out.append(BadJob(str(item.get("error"))))
             else:
-                out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}"))
+                out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}",
+                                              interrupted=st == "shutdown"))
         return out
 
     async def exhausted(self, job: dict[str, Any], failure: Failed,
@@ -257,6 +263,17 @@ class SidecarClient:
         except (SidecarUnavailable, ValueError) as exc:
             log.warn("cancel_failed", jids=jids[:50], error_message=str(exc)[:300])
             return None
+
+    async def report_invalid(self, raw: bytes) -> None:
+        """Give a job the worker could not decode to the app's error handlers (POST /invalid: Ruby
+        parses it again and reports its own error). Best effort: the job is in the dead set already."""
+        try:
+            resp = await self._post("/invalid", raw, {"Content-Type": _JSON}, control_timeout=LIFECYCLE_TIMEOUT)
+            if resp.status != 200 and resp.status != 404:  # 404: a sidecar older than /invalid
+                raise SidecarUnavailable(f"/invalid answered {resp.status}: {_excerpt(resp.body)}", resp.status)
+        except SidecarUnavailable as exc:
+            log.warn("invalid_job_not_reported", error_message=str(exc)[:300],
+                     payload=raw[:200].decode("utf-8", "replace"))
 
     async def lifecycle(self, event: str, identity: str, timeout: float | None = None, quiet: bool = False,
                         request_timeout: float = LIFECYCLE_TIMEOUT) -> bool:
@@ -311,8 +328,10 @@ class SidecarClient:
         self.max_body = limits.agreed(self.max_body_configured, info)
         self.offer.batch_max = _positive(info.get("batch_max"), MAX_BATCH) if info.get("batch") else 1
         self.offer.processes = _positive(info.get("workers"), 1)
+        self.offer.pipeline = _positive(info.get("pipeline"), 1)
         if self.http is not None:
             self.http.processes = self.offer.processes
+            self.http.depth = self.offer.pipeline
             self.http.capacity = _positive(info.get("capacity"), 0) if "capacity" in info else 0
         return True
 
@@ -348,10 +367,18 @@ _DONE_UNKNOWN = Done(None)
 
 def _done(body: bytes) -> Done:
     try:
-        rt = orjson.loads(body).get("runtime_ms")
+        data = orjson.loads(body)
+        rt = data.get("runtime_ms")
     except (ValueError, AttributeError):
         return _DONE_UNKNOWN
-    return Done(rt) if isinstance(rt, (int, float)) else _DONE_UNKNOWN
+    return Done(rt if isinstance(rt, (int, float)) else None, data.get("skipped") is True)
+
+
+def _status_of(body: bytes) -> Any:
+    try:
+        return orjson.loads(body).get("status")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _failed(body: bytes) -> Failed:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers.procs import StubSidecar, ruby_json, wait_until
 
 
@@ -81,3 +83,14 @@ def test_slow_jobs_keep_the_full_parallelism(redis_url, r, stub, worker):
     wait_until(lambda: processed(r) >= 20, 20, what="20 slow jobs")
     stats = stub.stats()
     assert stats["batches"] == 0 and stats["peak"] == 10
+
+
+@pytest.mark.parametrize("concurrency,processes,pipeline,size", [
+    (10, 1, 2, 5),    # one Puma process that takes 2 pipelined: two lanes of 5
+    (10, 1, 1, 10),   # one that does not (Puma 6, a proxy): one batch of 10 at a time
+    (20, 2, 2, 10),   # two Puma workers: one lane each, they overlap already
+    (10, 1, 3, 4),
+])
+def test_batch_size_follows_the_lanes_the_sidecar_offers(concurrency, processes, pipeline, size):
+    from fastworker.batching import BatchPlanner, Offer
+    assert BatchPlanner(concurrency, Offer(batch_max=32, processes=processes, pipeline=pipeline)).size == size

@@ -78,7 +78,7 @@ def test_unsigned_badly_signed_stale_and_replayed_requests_run_nothing(sidecar, 
 def test_health_is_open_but_says_nothing_sensitive(sidecar):  # noqa: F811
     with urllib.request.urlopen(sidecar.url + "/health", timeout=5) as resp:
         body = json.loads(resp.read())
-    assert sorted(body) == ["batch", "batch_max", "max_body", "protocol", "status"]
+    assert sorted(body) == ["batch", "batch_max", "max_body", "pipeline", "protocol", "status"]
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(sidecar.url + "/metrics", timeout=5)
     err.value.close()

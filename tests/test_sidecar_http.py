@@ -168,3 +168,46 @@ async def test_requests_spread_over_the_sidecar_processes():
     await slow
     await http.close()
     await srv.stop()
+
+
+async def test_pipelined_requests_share_one_connection_and_come_back_in_order():
+    """With ``depth`` 2, a second pipelined request goes out on the connection whose first one is
+    still running (the sidecar's Puma thread takes it the moment it has answered), and each caller
+    gets its own answer. A request that is not pipelined never queues behind them."""
+    def reply(n: int, req: bytes) -> bytes:
+        return ok(req.rsplit(b"\r\n\r\n", 1)[1], "x-fastworker-pid: 7\r\n")
+
+    srv = Server(reply)
+    http = SidecarHTTP(await srv.start(), limit=8, connect_timeout=1)
+    http.depth = 2
+    await http.request("GET", "/health")  # the worker's connections are open before the jobs
+    first = asyncio.ensure_future(http.request("POST", "/slow", b"b0", pipelined=True))
+    await asyncio.sleep(0.05)
+    second = await http.request("POST", "/perform_batch", b"b1", pipelined=True)
+    assert ((await first).body, second.body) == (b"b0", b"b1")
+    assert srv.connections == 1 and [n for n, _ in srv.requests] == [1, 1, 1]
+    slow = asyncio.ensure_future(http.request("POST", "/slow", b"p", pipelined=True))
+    await asyncio.sleep(0.05)
+    alone = await http.request("POST", "/perform", b"alone")  # a slow job's own request
+    assert alone.body == b"alone" and srv.requests[-1][0] == 2, [(n, r[:20]) for n, r in srv.requests]
+    assert (await slow).body == b"p"
+    await http.close()
+    await srv.stop()
+
+
+async def test_a_broken_pipelined_connection_fails_every_request_on_it():
+    srv = Server(lambda n, req: None)  # takes the requests, never answers
+    http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    http.depth = 2
+    tasks = []
+    for _ in range(2):
+        tasks.append(asyncio.ensure_future(http.request("POST", "/perform_batch", b"x", pipelined=True)))
+        await asyncio.sleep(0.05)
+    assert srv.connections == 1 and len(srv.requests) == 2
+    for w in srv.writers:
+        w.close()
+    for t in tasks:
+        with pytest.raises(TransportError):
+            await t
+    await http.close()
+    await srv.stop()

@@ -64,7 +64,7 @@ class DoorTest < Minitest::Test
   def test_health_is_open_but_reveals_nothing_unless_signed
     status, open = get("/health", sign: false)
     assert_equal 200, status
-    assert_equal %w[batch batch_max max_body protocol status], open.keys.sort
+    assert_equal %w[batch batch_max max_body pipeline protocol status], open.keys.sort
     _, signed = get("/health")
     assert_equal Sidekiq::VERSION, signed["sidekiq"]
     assert_equal Process.pid, signed["pid"]

@@ -42,6 +42,23 @@ class LifecycleTest < Minitest::Test
     mine&.close
   end
 
+  # The worker pipelines batches: the next request's bytes wait in front of its FIN, so a peek
+  # sees data, and only the TCP state tells that it hung up.
+  def test_a_hang_up_behind_a_pipelined_request_is_seen
+    server = TCPServer.new("127.0.0.1", 0)
+    client = TCPSocket.new("127.0.0.1", server.addr[1])
+    accepted = server.accept
+    client.write("POST /perform_batch HTTP/1.1\r\n")
+    sleep 0.01 until accepted.wait_readable(0)
+    refute Fastworker::Sidecar::DisconnectWatch.closed?(accepted), "open, with a request waiting"
+    client.close
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 2
+    sleep 0.01 until Fastworker::Sidecar::DisconnectWatch.closed?(accepted) || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    assert Fastworker::Sidecar::DisconnectWatch.closed?(accepted)
+  ensure
+    [client, accepted, server].each { |io| io&.close unless io&.closed? }
+  end
+
   def test_the_rest_of_a_cancelled_batch_is_not_run
     slow = job("SlowJob", [5])
     after = job("ContextJob", ["after"])
@@ -52,7 +69,7 @@ class LifecycleTest < Minitest::Test
     sleep 0.01 until @drain.in_flight == 1
     post("/cancel", {"jids" => [slow["jid"], after["jid"]]})
     items = JSON.parse(runner.value.body)
-    assert_equal %w[shutdown unavailable], items.map { |i| i["status"] }
+    assert_equal(%w[shutdown unavailable], items.map { |i| i["status"] })
     assert_empty Recorder[:context]
   end
 

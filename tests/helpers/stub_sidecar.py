@@ -11,6 +11,7 @@ Behaviour by the job's class:
   BadBytesJob   -> 422 whose body carries invalid UTF-8 bytes in the message (not what Ruby sends)
   NoSuch*       -> 422 NameError "uninitialized constant ...", stage "global" (an unknown class)
   RuntimeJob    -> 200, reporting args[0] milliseconds as its Ruby runtime (a slow machine's no-op job)
+  SkipJob       -> 200 with "skipped": true (a 7.3+ IterableJob interrupted and re-enqueued)
   anything else -> 200
 A job with a "wrapped" class (ActiveJob) behaves as its wrapped class (FailJob wrapped fails).
 --request-delay S adds S seconds to every /perform and /perform_batch request (a slow machine's
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 
 import os
 import sys
@@ -114,8 +116,10 @@ class Stub:
             runtime_ms = (time.perf_counter() - t0) * 1000
             if klass == "RuntimeJob":
                 runtime_ms = float(args[0])
-            return web.Response(body=orjson.dumps({"status": "done", "runtime_ms": runtime_ms}),
-                                content_type="application/json")
+            done: dict[str, Any] = {"status": "done", "runtime_ms": runtime_ms}
+            if klass == "SkipJob":  # a 7.3+ IterableJob that was interrupted and re-enqueued itself
+                done["skipped"] = True
+            return web.Response(body=orjson.dumps(done), content_type="application/json")
         finally:
             self.in_flight -= 1
 
@@ -161,7 +165,9 @@ class Stub:
     async def health(self, request: web.Request) -> web.Response:
         if self.mode_status is not None:
             return web.Response(status=503, body=b'{"status":"unavailable"}')
-        return web.Response(body=orjson.dumps({"status": "ok", "stub": True, "batch": self.batch}),
+        # aiohttp's server answers pipelined requests in order, as the mended Puma does
+        return web.Response(body=orjson.dumps({"status": "ok", "stub": True, "batch": self.batch,
+                                               "pipeline": 2 if self.batch else 1}),
                             content_type="application/json")
 
     async def stats(self, request: web.Request) -> web.Response:

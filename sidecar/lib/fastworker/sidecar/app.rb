@@ -14,9 +14,13 @@ module Fastworker
     # 3a. /cancel {"jids": [...], "grace": s}: stop those running jobs with Sidekiq::Shutdown
     #    (Drain#cancel), 200 with what stopped. /lifecycle {"event", "identity", "timeout"}: a
     #    worker's startup/quiet/shutdown/beat, which fires Sidekiq's lifecycle events (Lifecycle).
+    # 3b. /invalid (the raw bytes of a job the worker could not decode, sent to the dead set):
+    #    as Sidekiq's Processor#process, parse it with Sidekiq.load_json and give the parse error
+    #    to the error handlers with {context: "Invalid JSON for job", jobstr:}; a body Ruby can
+    #    parse (the worker refused it for another reason) reaches no handler.
     # 4. /config: Sidekiq's resolved server configuration (ServerConfig) once booted, 503 before.
     # 4b. /health: 200 with versions, in-flight count, job slots per process, Puma worker
-    #    count and batch limit once booted, 503 otherwise.
+    #    count, batch limit and pipelining depth once booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
     # 6. Tag every protocol answer and a signed /health with `x-fastworker-pid`, so the worker can tell
@@ -60,6 +64,7 @@ module Fastworker
         when "/exhausted" then protocol(env, "exhausted") { exhausted(env) }
         when "/cancel" then protocol(env, "cancel") { cancel(env) }
         when "/lifecycle" then protocol(env, "lifecycle") { lifecycle_event(env) }
+        when "/invalid" then protocol(env, "invalid") { invalid_job(env) }
         when "/health" then get_only(env) { health_answer(env) }
         when "/config" then get_only(env) { server_config.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
@@ -177,6 +182,20 @@ module Fastworker
         Result.json(200, "done", answer)
       end
 
+      def invalid_job(env)
+        return Result.unavailable(:booting) if @drain.state == :booting
+
+        jobstr = read_body(env)
+        begin
+          ::Sidekiq.load_json(jobstr)
+          reported = false
+        rescue => e
+          Compat.with_app_executor { Compat.handle_exception(e, {context: "Invalid JSON for job", jobstr: jobstr}) }
+          reported = true
+        end
+        Result.json(200, "done", {"status" => "done", "reported" => reported})
+      end
+
       # 503 while booting: :startup fires only once the app is booted, and the worker retries.
       def lifecycle_event(env)
         return Result.unavailable(:booting) if @drain.state == :booting
@@ -191,7 +210,7 @@ module Fastworker
       def health
         body = {"status" => @drain.ready? ? "ok" : @drain.state.to_s, "sidekiq" => ::Sidekiq::VERSION,
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
-                "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT,
+                "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT, "pipeline" => pipeline_depth,
                 "cancel" => true, "lifecycle" => true, "drain_timeout" => Sidecar.drain_timeout}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
       end
@@ -200,6 +219,11 @@ module Fastworker
         return Result.unavailable(@drain.state) unless @drain.ready? && defined?(ServerConfig)
 
         Result.json(200, "done", ServerConfig.snapshot)
+      end
+
+      # Requests the worker may pipeline on one connection (PumaPipelining); 1 outside Puma.
+      def pipeline_depth
+        defined?(PumaPipelining) ? PumaPipelining.depth : 1
       end
 
       def rails_version

@@ -14,9 +14,9 @@ module Fastworker
     #    watchdog, or --job-timeout cancel the request, which closes the connection, and put the
     #    job back. The Drain then raises Sidekiq::Shutdown in the job's thread, as Sidekiq's hard
     #    shutdown does, so the job never runs on while its requeued copy runs elsewhere.
-    # Why a peek is safe: the worker sends one request at a time per keep-alive connection and
-    # nothing while it waits, so readable bytes during a job can only be EOF (or a client that
-    # pipelines, whose bytes are left in place).
+    # Why a peek is safe: the bytes are left in place. Readable bytes during a job are EOF, or
+    # the next request the worker pipelined (PumaPipelining), behind which a FIN shows only in
+    # the TCP state (peer_finished?).
     # This works in every Puma worker process, since the job runs where its connection is; the
     # worker's POST /cancel (App) is the explicit path, this is the safety net.
     class DisconnectWatch
@@ -53,11 +53,27 @@ module Fastworker
         return true if socket.closed?
 
         peeked = socket.recv_nonblock(1, ::Socket::MSG_PEEK, exception: false)
-        peeked.nil? || peeked == ""
+        return true if peeked.nil? || peeked == ""
+        return false unless peeked.is_a?(String) # :wait_readable: nothing sent, still open
+
+        peer_finished?(socket) # a pipelined request waits in front of a possible FIN
       rescue IOError, SystemCallError
         true
       rescue NoMethodError, NotImplementedError
         false # not a plain socket (e.g. TLS): cannot tell, never cancel
+      end
+
+      TCP_CLOSE_WAIT = 8 # linux/tcp_states.h: the peer sent FIN, we have not closed yet
+
+      # Bytes waiting (the worker pipelines /perform_batch requests) hide an EOF from a peek;
+      # the TCP state still tells that the worker hung up. Not a TCP socket: cannot tell.
+      def self.peer_finished?(socket)
+        return false unless defined?(::Socket::TCP_INFO)
+
+        info = socket.getsockopt(::Socket::IPPROTO_TCP, ::Socket::TCP_INFO).data
+        info.getbyte(0) == TCP_CLOSE_WAIT
+      rescue IOError, SystemCallError, NoMethodError
+        false
       end
 
       private

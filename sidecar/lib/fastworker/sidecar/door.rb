@@ -16,10 +16,10 @@ module Fastworker
     #    talk to us (status, protocol, batch support, limits): no versions, pid or load.
     # Without a secret the door is open: the Launcher allows that on loopback only.
     class Door
-      PROTOCOL = %w[/perform /perform_batch /exhausted /cancel /lifecycle].freeze
+      PROTOCOL = %w[/perform /perform_batch /exhausted /cancel /lifecycle /invalid].freeze
       BODY = "fastworker.body"
       AUTHENTIC = "fastworker.authentic"
-      PUBLIC_HEALTH = %w[status protocol batch batch_max].freeze
+      PUBLIC_HEALTH = %w[status protocol batch batch_max pipeline].freeze
       OPEN_METRICS_ENV = "FASTWORKER_SIDECAR_OPEN_METRICS"
       LOG_EVERY = 10 # seconds between two "refused" log lines: a flood must not flood the log
 

@@ -18,7 +18,8 @@ module Fastworker
     #    (preload), with connections closed before the fork.
     # 4. Keep idle keep-alive connections open (persistent_timeout), so each worker
     #    connection stays with the Puma worker process it first reached.
-    # 5. Install the drain-before-stop hook (PumaDrain) and run Puma::Launcher.
+    # 5. Install the drain-before-stop hook (PumaDrain) and the pipelining fix (PumaPipelining),
+    #    and run Puma::Launcher.
     # 6. Refuse to start with a bad secret (shorter than 32 bytes, unreadable file), or on a
     #    non-loopback --bind without one: that door would run anyone's code.
     # 7. Before the app boots, resolve Sidekiq's server configuration with Sidekiq's own CLI
@@ -66,6 +67,7 @@ module Fastworker
         Sidecar.drain_timeout_explicit = true if options[:drain_timeout_explicit]
         Sidecar.drain_timeout = options[:drain_timeout]
         PumaDrain.install!
+        PumaPipelining.install!
         app = App.new(drain: drain, workers: options[:workers], door: Door.from_env(@env))
 
         if cluster?
@@ -94,6 +96,19 @@ module Fastworker
         $stdout.puts ServerConfig.to_json
         $stdout.flush
         exit!(0) # no at_exit hooks of the app (nothing was started)
+      end
+
+      # Before forking workers: nothing the master opened may be shared with children.
+      # (Sidekiq 7+ uses redis-client, which reconnects after a fork by itself; Sidekiq 6's
+      # redis-rb pool, if the master created one, is emptied.)
+      def self.close_connections
+        ::ActiveRecord::Base.connection_handler.clear_all_connections! if defined?(::ActiveRecord::Base)
+        unless ::Sidekiq.respond_to?(:default_configuration)
+          pool = ::Sidekiq.instance_variable_get(:@redis)
+          pool.reload(&:close) if pool.respond_to?(:reload)
+        end
+      rescue => e
+        Compat.logger.warn("fastworker-sidecar: closing connections before fork: #{e.class}: #{e.message}")
       end
 
       private
@@ -133,19 +148,6 @@ module Fastworker
             user.before_fork { Launcher.close_connections }
           end
         end
-      end
-
-      # Before forking workers: nothing the master opened may be shared with children.
-      # (Sidekiq 7+ uses redis-client, which reconnects after a fork by itself; Sidekiq 6's
-      # redis-rb pool, if the master created one, is emptied.)
-      def self.close_connections
-        ::ActiveRecord::Base.connection_handler.clear_all_connections! if defined?(::ActiveRecord::Base)
-        unless ::Sidekiq.respond_to?(:default_configuration)
-          pool = ::Sidekiq.instance_variable_get(:@redis)
-          pool.reload(&:close) if pool.respond_to?(:reload)
-        end
-      rescue => e
-        Compat.logger.warn("fastworker-sidecar: closing connections before fork: #{e.class}: #{e.message}")
       end
 
       def parse(argv, env)
