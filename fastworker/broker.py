@@ -34,6 +34,7 @@ from .log import log
 
 REDIS_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.TryAgainError,
                 rexc.ReadOnlyError, rexc.ClusterDownError, OSError, ConnectionError)
+ACK_LINGER = 0.002  # seconds queued acks wait for a fetch to carry them before flushing alone
 
 
 class RedisHealth:
@@ -184,6 +185,7 @@ class Broker:
         self._acks: list[tuple[str, bytes]] = []
         self._processed = 0
         self._failed = 0
+        self._queued_at: float | None = None  # monotonic time the oldest waiting ack or count came
         self._flush_task: asyncio.Task[None] | None = None
         self._acks_inflight: list[tuple[str, bytes]] = []  # the acks of the call under way
         self._fetching: asyncio.Future[None] | None = None  # a fetch under way: the acks wait for the next
@@ -208,11 +210,11 @@ class Broker:
 
     # -- fetch -------------------------------------------------------------------------------
 
-    def view(self, queues: Sequence[str]) -> "QueueView":
+    def view(self, queues: Sequence[str]) -> QueueView:
         """This broker, fetching from ``queues`` only (one capsule's fetch pool)."""
         return QueueView(self, queues)
 
-    async def fetch(self, n: int, orders: bytes = b"", view: "QueueView | None" = None) -> list[tuple[str, bytes]]:
+    async def fetch(self, n: int, orders: bytes = b"", view: QueueView | None = None) -> list[tuple[str, bytes]]:
         """Land the queued acks and counters, and move up to ``n`` jobs into the in-progress lists,
         in one call; return the fetched (queue, raw) pairs.
 
@@ -238,6 +240,7 @@ class Broker:
         acks, self._acks = self._acks, []
         processed, self._processed = self._processed, 0
         failed, self._failed = self._failed, 0
+        queued_at, self._queued_at = self._queued_at, None
         day = utc_day(time.time())
         k = self.keys
         keys = [k.stat_processed, k.stat_processed_day(day), k.stat_failed, k.stat_failed_day(day)]
@@ -261,6 +264,8 @@ class Broker:
             self._acks[:0] = acks
             self._processed += processed
             self._failed += failed
+            if queued_at is not None and (self._queued_at is None or queued_at < self._queued_at):
+                self._queued_at = queued_at
             raise
         finally:
             self._acks_inflight = []
@@ -293,6 +298,8 @@ class Broker:
         return [raw for _, raw in self._acks] + [raw for _, raw in self._acks_inflight]
 
     def _want_flush(self) -> None:
+        if self._queued_at is None:
+            self._queued_at = time.monotonic()
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
@@ -300,16 +307,19 @@ class Broker:
         try:
             while True:
                 # The token released with an ack wakes the fetch loop, whose next fetch carries the
-                # ack: wait out a fetch under way and two turns of the loop, and flush alone only
-                # what no fetch took (every token busy, quiet, the breaker open).
+                # ack: flush alone only acks that waited ACK_LINGER with no fetch under way (every
+                # token busy, quiet, the breaker open, an idle queue). Two turns of the event loop
+                # were too short once batches were pipelined (the next fetch was still being
+                # prepared: 4 in 10 calls were lone ack flushes), and a fixed sleep still flushed
+                # the acks of a batch that had just finished, right before its own fetch.
                 while self._fetching is not None:
                     await self._fetching
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                if self._fetching is not None:
-                    continue
                 if not (self._acks or self._processed or self._failed):
                     break
+                waited = time.monotonic() - (self._queued_at or 0.0)
+                if waited < ACK_LINGER:  # the oldest waiting ack is fresh: a fetch may yet take it
+                    await asyncio.sleep(ACK_LINGER - waited)
+                    continue
                 await until_ok("ack", lambda: self._ack_fetch(0, b""), self.health, self._stop_flag)
         finally:
             self._flush_task = None
