@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from . import core, limits
 from .batching import BatchPlanner
@@ -169,7 +170,7 @@ class Fetcher:
             try:
                 env = core.decode_envelope(raw)
             except core.PayloadError as exc:
-                await self.processor.kill_bad(queue, raw, f"undecodable payload: {exc}")
+                await self.processor.kill_bad(queue, raw, f"undecodable payload: {exc}", undecodable=True)
                 continue
             if self.quiet or self.breaker.state == "open" or not self.limiter.try_acquire():
                 # quiet or stop began, or the circuit opened, while this fetch was in hand (a job

@@ -107,6 +107,8 @@ class Manager:
             log.warn("shutdown_cancelled", stopped=len(answer.get("stopped") or []),
                      still_running=(answer.get("running") or [])[:50], unknown=len(answer.get("unknown") or []))
         items = [(w.queue, w.env.raw) for w in works]
+        # Sidekiq's hard shutdown raises Sidekiq::Shutdown through Processor#stats: processed and failed
+        self.broker.count(processed=len(items), failed=len(items))
         try:
             await self.broker.bulk_requeue(items)
             log.warn("shutdown_requeued", count=len(items), jids=[w.env.jid for w in works][:50])

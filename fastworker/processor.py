@@ -57,6 +57,7 @@ class Processor:
         self.metrics = metrics
         self.on_finished: Any = None  # set by the manager
         self.planner = planner  # learns runtimes and request overhead from every answer
+        self._reports: set[asyncio.Task[None]] = set()  # invalid jobs on their way to the error handlers
 
     async def process(self, work: Work) -> None:
         """One job, one POST /perform."""
@@ -103,20 +104,22 @@ class Processor:
                 return
             self.breaker.success()
             wall = self.clock.mono() - t0
-            self._measured(wall, list(zip(works, results)))
+            self._measured(wall, list(zip(works, results, strict=True)))
             elapsed = wall / len(works)
-            unavailable: list[Work] = []
-            for w, result in zip(works, results):
+            unavailable: list[tuple[Work, SidecarUnavailable]] = []
+            for w, result in zip(works, results, strict=True):
                 if w.abandoned:
                     continue
                 if isinstance(result, SidecarUnavailable):
-                    unavailable.append(w)
+                    unavailable.append((w, result))
                     if self.metrics is not None:
                         self.metrics.sidecar_call("unavailable", elapsed)
                 else:
                     await self._outcome(w, result, elapsed)
-            if unavailable:
-                await self._requeue(unavailable, results[works.index(unavailable[0])])
+            for interrupted in (True, False):  # stopped by Sidekiq::Shutdown, or never attempted
+                group = [(w, r) for w, r in unavailable if r.interrupted is interrupted]
+                if group:
+                    await self._requeue([w for w, _ in group], group[0][1])
         finally:
             if self.on_finished is not None:
                 for w in works:
@@ -147,7 +150,8 @@ class Processor:
     async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:
         env = work.env
         if isinstance(result, Done):
-            self.broker.ack(work.queue, env.raw)
+            # Sidekiq's Processor#stats counts a JobRetry::Skip (an interrupted IterableJob) failed too
+            self.broker.ack(work.queue, env.raw, failed=1 if result.skipped else 0)
             if log.info_on:
                 log.job_lines(b"job_done", (work.log_fields,), round(elapsed * 1000, 3))
             if self.metrics is not None:
@@ -165,8 +169,12 @@ class Processor:
             await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}", "Fastworker::PayloadError")
 
     async def _requeue(self, works: list[Work], exc: SidecarUnavailable) -> None:
-        """Infrastructure failed, not the job: back to the head of its queue, no retry spent."""
+        """Infrastructure failed, not the job: back to the head of its queue, no retry spent. Jobs
+        the sidecar stopped with Sidekiq::Shutdown count as processed and failed, as Sidekiq's
+        Processor#stats counts them (the exception passes through it)."""
         await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
+        if exc.interrupted:
+            self.broker.count(processed=len(works), failed=len(works))
         for w in works:
             log.warn("job_requeued", jid=w.env.jid, **{"class": w.env.display_class}, queue=w.queue,
                      reason=exc.reason, sidecar_status=exc.status)
@@ -184,6 +192,13 @@ class Processor:
                      error_class=failure.error_class)
             return
         if isinstance(decision, retry.Discard):
+            if decision.job is not None:  # 8.x: the death handlers see the discarded job
+                try:
+                    await self.sidecar.exhausted(decision.job, failure, run_exhausted_block=False)
+                except SidecarUnavailable as exc:
+                    self.breaker.failure(exc.reason, exc.retry_after)
+                    await self._requeue([work], exc)
+                    return
             await self.broker.drop(work.queue, env.raw)
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
             return
@@ -209,11 +224,18 @@ class Processor:
                      reason="retry disabled" if not decision.run_exhausted_block else
                      ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
 
-    async def kill_bad(self, queue: str, raw: bytes, reason: str, error_class: str | None = None) -> None:
-        """A payload that cannot run goes to the dead set (retry.dead_member_for), reason logged."""
+    async def kill_bad(self, queue: str, raw: bytes, reason: str, error_class: str | None = None,
+                       undecodable: bool = False) -> None:
+        """A payload that cannot run goes to the dead set (retry.dead_member_for), reason logged.
+        An ``undecodable`` one is also shown to the app's error handlers, as Sidekiq's Processor
+        shows them invalid JSON: in the background, so the fetch loop never waits for it."""
         now = self.clock.now()
         await self.broker.kill(queue, raw, retry.dead_member_for(raw, queue, reason, now, error_class), now,
                                self.dead_max_jobs, self.dead_timeout, processed=0, failed=0)
         log.error("job_dead", queue=queue, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
         if self.metrics is not None:
             self.metrics.dead()
+        if undecodable:
+            task = asyncio.get_running_loop().create_task(self.sidecar.report_invalid(raw))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)

@@ -4,7 +4,8 @@ Given the job, what the sidecar reported and the clock, ``decide`` answers one o
 - ``RetryAt(member, score)``: write ``member`` (the job with its error fields) to the retry set;
 - ``Dead(job, run_exhausted_block, to_dead_set)``: exhausted: ask the sidecar to run the hooks,
   then the dead set unless ``dead: false`` or the hooks said discard;
-- ``Discard()``: drop it (``sidekiq_retry_in`` returned :discard).
+- ``Discard(job)``: drop it (``sidekiq_retry_in`` returned :discard); on Sidekiq 8 ``job`` carries
+  ``discarded_at`` and the death handlers still run (8.x JobRetry#process_retry), else it is None.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import orjson
 
@@ -89,7 +91,7 @@ class Dead:
 
 @dataclass(frozen=True, slots=True)
 class Discard:
-    pass
+    job: dict[str, Any] | None = None  # 8.x: for the death handlers, with discarded_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,10 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
 
     retry_in = failure.retry_in
     if retry_in == "discard":
-        return Discard()
+        if not sidekiq8:  # 7.x: "do nothing, job goes poof"
+            return Discard()
+        job["discarded_at"] = sidekiq_time(now, True)
+        return Discard(job)
     if retry_in == "kill":
         return Dead(job, run_exhausted_block=True, to_dead_set=env.dead)
 

@@ -23,10 +23,7 @@ URL = f"{REDIS_BASE}/{TEST_DB}"
 
 @pytest.fixture(scope="module")
 def sidecar() -> Iterator[rails.Sidecar]:
-    rails.prepare_db(URL)
-    s = rails.start_sidecar(URL, threads=8)
-    yield s
-    s.stop()
+    yield from rails.serve(URL, threads=8)
 
 
 @pytest.fixture
@@ -164,6 +161,18 @@ def test_unknown_class_is_a_retried_name_error(db, rworker, r):
     member = wait_until(lambda: r.zrange("retry", 0, -1), 20, 0.1, "retry entry")[0]
     assert json.loads(member)["error_class"] == "NameError"
     assert r.zcard("dead") == 0
+
+
+def test_an_invalid_json_job_reaches_the_dead_set_and_the_apps_error_handlers(db, rworker, r):
+    """Sidekiq's Processor#process: handle_exception(ex, {context: "Invalid JSON for job", jobstr:})
+    and the raw string into the morgue; the demo app's error handler records a JobEvent."""
+    r.sadd("queues", "default")
+    r.lpush("queue:default", b'{"class": "NoopWorker", "args": [')
+    rworker("-c", "1")
+    [event] = wait_until(lambda: events(db, "error"), 20, 0.1, "the app's error handler")
+    assert event["error_class"] == "JSON::ParserError"
+    assert event["details"]["context"] == "Invalid JSON for job"
+    assert r.zrange("dead", 0, -1) == [b'{"class": "NoopWorker", "args": [']
 
 
 def test_enqueue_from_a_rake_task(db, rworker):

@@ -170,6 +170,13 @@ def test_retry_in_discard_drops_the_job():
     assert isinstance(decide(env(), failed(retry_in="discard")), retry.Discard)
 
 
+def test_retry_in_discard_on_sidekiq_8_keeps_the_job_for_the_death_handlers():
+    assert decide(env(), failed(retry_in="discard"), policy=retry.Policy(sidekiq_version="7")).job is None
+    d = decide(env(), failed(retry_in="discard"), policy=retry.Policy(sidekiq_version="8"))
+    assert isinstance(d, retry.Discard) and d.job["discarded_at"] == int(NOW * 1000)
+    assert d.job["jid"] == "5b0e4c2f7a9d1e3f4a5b6c7d"
+
+
 def test_exhaustion_wins_over_retry_in_discard():
     # Sidekiq checks the count before asking sidekiq_retry_in
     d = decide(env(retry=0), failed(retry_in="discard"))

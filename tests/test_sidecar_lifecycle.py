@@ -57,12 +57,15 @@ def test_a_job_cut_off_by_term_stops_in_the_sidecar_and_runs_exactly_once_after_
         assert runs(db, "slow") == []
         assert sidecar.health()[1]["in_flight"] == 0
         assert [e["stopped"] for e in w.events("shutdown_cancelled")] == [1]
+        # Sidekiq::Shutdown passes through Processor#stats: counted processed and failed
+        assert (int(r.get("stat:processed") or 0), int(r.get("stat:failed") or 0)) == (1, 1)
         # after a restart it runs to completion, exactly once
         w2 = worker("-q", "default", "-t", "3", sidecar_url=sidecar.url, name="second")
         wait_until(lambda: len(runs(db, "slow")) == 1, 30, 0.1, "the slow job done")
         time.sleep(1.0)
         assert len(runs(db, "slow")) == 1 and r.llen("queue:default") == 0
         assert w2.stop() == 0
+        assert (int(r.get("stat:processed") or 0), int(r.get("stat:failed") or 0)) == (2, 1)
 
 
 def _lifecycle(path: Path) -> list[str]:

@@ -298,6 +298,31 @@ def test_19_retry_in_from_the_sidecar(redis_url, r, stub, worker):
     assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
 
 
+def test_an_interrupted_iterable_job_counts_processed_and_failed(redis_url, r, stub, worker):
+    """7.3+: an IterableJob interrupted at quiet re-enqueues itself and raises JobRetry::Skip, which
+    passes through Processor#stats (failure counted) and is acked without a retry or error."""
+    worker("-c", "2")
+    jid = push(redis_url, '"class" => "SkipJob", "args" => []')
+    wait_until(lambda: runs(stub, jid), 5, what="the iterable job to run")
+    stats = lambda: rb(redis_url, "s = Sidekiq::Stats.new; puts [s.processed, s.failed, s.retry_size, s.dead_size].to_json")  # noqa: E731
+    wait_until(lambda: stats() == [1, 1, 0, 0], 5, what="processed 1, failed 1")
+    assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
+
+
+def test_19_discard_on_sidekiq_8_runs_the_death_handlers(redis_url, r, stub, worker):
+    """8.x JobRetry#process_retry: :discard stamps discarded_at and still runs the death handlers
+    (not sidekiq_retries_exhausted); the job goes to neither set. 7.x drops it silently (above)."""
+    worker("-c", "2", "--sidekiq-version", "8")
+    discard = push(redis_url, '"class" => "DiscardJob", "args" => []')
+    wait_until(lambda: exhausted_calls(stub, discard), 10, what="the death handlers of the discarded job")
+    [call] = exhausted_calls(stub, discard)
+    assert call["run_exhausted_block"] is False and isinstance(call["job"]["discarded_at"], int)
+    time.sleep(0.3)
+    s = sets(redis_url)
+    assert discard not in [x["jid"] for x in s["retry"] + s["dead"]]
+    assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
+
+
 # -- 21, 22: unknown class, invalid JSON ----------------------------------------------------------
 
 def test_21_unknown_class_is_retried_not_dropped(redis_url, r, stub, worker):

@@ -87,7 +87,7 @@ class ErrorReportTest < Minitest::Test
 
   def test_retry_in_values
     expectations = {"int" => 42, "float" => 7, "duration" => 120, "zero" => nil, "nil" => nil,
-                    "discard" => "discard", "kill" => "kill", "count" => 100}
+                    "discard" => "discard", "kill" => "kill", "count" => 100, "text" => 600, "words" => nil}
     expectations.each do |message, wanted|
       status, body = perform(job("RetryInJob", [message]))
       assert_equal 422, status
@@ -102,6 +102,21 @@ class ErrorReportTest < Minitest::Test
   def test_retry_in_count_follows_retry_count
     _, body = perform(job("RetryInJob", ["count"], "retry_count" => 4))
     assert_equal 105, body["retry_in"], "count = retry_count + 1"
+  end
+
+  # JobRetry calls delay_for only while retries remain: the failure that exhausts them never
+  # reaches the block (an app that counts or logs in it sees Sidekiq's calls, not more).
+  def test_retry_in_is_not_called_on_the_final_failure
+    _, body = perform(job("RetryInJob", ["count"], "retry" => 3, "retry_count" => 2))
+    assert_nil body["retry_in"]
+    _, body = perform(job("RetryInJob", ["count"], "retry_count" => 24)) # retry: true, 25 by default
+    assert_nil body["retry_in"]
+    _, body = perform(job("RetryInJob", ["count"], "retry_for" => 60, "retry_count" => 0, "failed_at" => Time.now.to_f - 120))
+    assert_nil body["retry_in"], "8.x retry_for: the window is over"
+    assert_empty Recorder[:retry_in_calls]
+    _, body = perform(job("RetryInJob", ["count"], "retry" => 3, "retry_count" => 1))
+    assert_equal 102, body["retry_in"], "one retry left: called with count 2"
+    assert_equal [2], Recorder[:retry_in_calls]
   end
 
   def test_retry_in_block_that_raises_falls_back_and_tells_error_handlers
@@ -143,5 +158,31 @@ class ErrorReportTest < Minitest::Test
     raise "here"
   rescue => e
     e
+  end
+end
+
+# Sidekiq's Processor#process gives a job it cannot parse to the error handlers ("Invalid JSON for
+# job", with the raw jobstr) before the morgue; the worker writes the dead set and sends the raw
+# bytes here, so the handlers see Ruby's own parse error.
+class InvalidJobTest < Minitest::Test
+  include SidecarTestHelpers
+
+  def test_an_invalid_json_job_reaches_the_error_handlers
+    status, body = post("/invalid", "{not json")
+    assert_equal [200, true], [status, body["reported"]]
+    ex, ctx = Recorder[:errors].first
+    assert_kind_of JSON::ParserError, ex
+    assert_equal({context: "Invalid JSON for job", jobstr: "{not json"}, ctx)
+  end
+
+  def test_a_parseable_body_reaches_no_handler
+    status, body = post("/invalid", "[1, 2]")
+    assert_equal [200, false], [status, body["reported"]]
+    assert_empty Recorder[:errors]
+  end
+
+  def test_it_needs_a_signature
+    assert_equal 401, post("/invalid", "{not json", sign: false).first
+    assert_empty Recorder[:errors]
   end
 end

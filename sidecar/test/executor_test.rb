@@ -133,3 +133,28 @@ class ExecutorTest < Minitest::Test
     assert_equal 0, @drain.in_flight
   end
 end
+
+# The app's own job_logger (Sidekiq.options[:job_logger], 7.x+ config[:job_logger]) is the one
+# Sidekiq's Processor uses, so it is the one the sidecar uses.
+class CustomJobLoggerTest < Minitest::Test
+  include SidecarTestHelpers
+
+  class AppJobLogger < Sidekiq::JobLogger
+    def prepare(job_hash, &block)
+      Recorder.add(:job_logger, job_hash["jid"])
+      super
+    end
+  end
+
+  def test_the_apps_job_logger_prepares_every_job
+    previous = Sidekiq.options[:job_logger]
+    Sidekiq.options[:job_logger] = AppJobLogger
+    @app = Fastworker::Sidecar::App.new(drain: @drain) # Setup is resolved once per Executor
+    payload = job("ContextJob")
+    status, = perform(payload)
+    assert_equal 200, status
+    assert_equal [payload["jid"]], Recorder[:job_logger]
+  ensure
+    Sidekiq.options[:job_logger] = previous
+  end
+end

@@ -11,7 +11,8 @@ module Fastworker
     # Duties:
     # 1. Find the reloader, the server middleware chain, the death handlers, the logger.
     # 2. Call the error handlers the way the installed Sidekiq does (`handle_exception`).
-    # 3. Build a JobLogger for the installed version (its constructor changed in 7.x).
+    # 3. Build the job logger (the app's `job_logger` option, else Sidekiq::JobLogger) for the
+    #    installed version (its constructor changed in 7.x).
     # 4. Constantize class names the way Sidekiq's processor does.
     # 5. Find a retry hook block (`sidekiq_retry_in` / `sidekiq_retries_exhausted`) on the
     #    `wrapped` class first, then on the job class (Sidekiq 7.1.3+ lookup order).
@@ -68,14 +69,15 @@ module Fastworker
         blocks.size
       end
 
+      # The app's own `job_logger` (6.x `Sidekiq.options[:job_logger]`, 7.x+ `config[:job_logger]`)
+      # or Sidekiq::JobLogger, built as the installed Processor builds it: 6.x `.new` with no
+      # argument, 7.x+ `.new(config)` (7.0's JobLogger took the logger).
       def job_logger
-        init = ::Sidekiq::JobLogger.instance_method(:initialize)
-        first = init.parameters.first
-        if first && first[1] == :config && config
-          ::Sidekiq::JobLogger.new(config)
-        else
-          ::Sidekiq::JobLogger.new(logger)
-        end
+        klass = option(:job_logger) || ::Sidekiq::JobLogger
+        return klass.new unless config
+
+        first = ::Sidekiq::JobLogger.instance_method(:initialize).parameters.first
+        (first && first[1] == :config) ? klass.new(config) : klass.new(logger)
       end
 
       # Tell Sidekiq's error handlers (Sentry, Honeybadger, the default logger handler).
@@ -132,11 +134,11 @@ module Fastworker
         job_class.public_send(attr)
       end
 
-      def shutdown?(exception, seen = {})
-        return false if exception.nil? || seen[exception.object_id]
+      def shutdown?(exception, seen = {}.compare_by_identity)
+        return false if exception.nil? || seen[exception]
         return true if exception.is_a?(::Sidekiq::Shutdown)
 
-        seen[exception.object_id] = true
+        seen[exception] = true
         shutdown?(exception.cause, seen)
       end
 

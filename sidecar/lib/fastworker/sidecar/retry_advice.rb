@@ -11,12 +11,15 @@ module Fastworker
     # 2. retry_in: the `sidekiq_retry_in` block's answer for count = retry_count + 1 (0 on
     #    the first failure), called with (count, exception) plus the job hash when the block
     #    takes three arguments. The block comes from the `wrapped` class when that class
-    #    defines one, else from the job class (Sidekiq 7.1.3+). Integer, Float or Duration
-    #    → whole seconds when > 0; :discard / :kill → "discard" / "kill"; anything else,
+    #    defines one, else from the job class (Sidekiq 7.1.3+). `to_i` of the answer (so
+    #    "600" is 600 s) when > 0; :discard / :kill → "discard" / "kill"; anything else,
     #    or a block that raises (the error handlers are told), → nil: the default formula.
+    #    Not called at all on the failure that exhausts the retries, as in Sidekiq.
     # 3. Nothing at all when the error happened before the job instance existed (unknown
     #    class, reloader error): Sidekiq's JobRetry#global has no class hooks either.
     class RetryAdvice
+      DEFAULT_MAX_RETRIES = 25 # Sidekiq's JobRetry::DEFAULT_MAX_RETRY_ATTEMPTS
+
       def initialize(job, job_class)
         @job = job
         @job_class = job_class
@@ -33,7 +36,12 @@ module Fastworker
         @job["retry_count"] ? @job["retry_count"].to_i + 1 : 0
       end
 
+      # Sidekiq's JobRetry calls delay_for only while retries remain: not on the failure that
+      # exhausts them (count >= the limit, or 8.x's retry_for window over), so the block is not
+      # called then either.
       def retry_in(exception)
+        return nil if final_failure?
+
         block = Compat.hook_block(@job, @job_class, :sidekiq_retry_in_block)
         return nil unless block
 
@@ -48,6 +56,26 @@ module Fastworker
 
       def to_h(exception)
         {"retry_in" => retry_in(exception), "retry" => retry_option}
+      end
+
+      # JobRetry#retry_attempts_from: an Integer `retry` is the limit, anything else the
+      # process's max_retries (25 by default).
+      def max_attempts
+        option = retry_option
+        return option if option.is_a?(Integer)
+
+        Integer(Compat.option(:max_retries) || DEFAULT_MAX_RETRIES)
+      end
+
+      def final_failure?
+        window = @job["retry_for"]
+        if window.is_a?(Numeric)
+          failed_at = @job["failed_at"]
+          failed_at = failed_at / 1000.0 if failed_at.is_a?(Integer) # 8.x milliseconds
+          started = failed_at.is_a?(Numeric) ? failed_at : Time.now.to_f
+          return true if started + window < Time.now.to_f
+        end
+        count >= max_attempts
       end
 
       private
@@ -68,15 +96,15 @@ module Fastworker
         arity >= 3 || (arity.negative? && -arity - 1 <= 3)
       end
 
+      # As delay_for: `to_i` of whatever answers it (Integer, Float, Duration, "600"), a
+      # positive result is the delay; :discard / :kill re-route the job; anything else (nil,
+      # 0, "soon") keeps the default formula.
       def interpret(value)
         case value
         when :discard then "discard"
         when :kill then "kill"
-        when Numeric then positive_seconds(value)
         else
-          if defined?(::ActiveSupport::Duration) && value.is_a?(::ActiveSupport::Duration)
-            positive_seconds(value)
-          end
+          value.respond_to?(:to_i) ? positive_seconds(value) : nil
         end
       end
 

@@ -5,6 +5,7 @@ class RetryInJob
   include Sidekiq::Worker
 
   sidekiq_retry_in do |count, ex|
+    Recorder.add(:retry_in_calls, count)
     case ex.message
     when "int" then 42
     when "float" then 7.9
@@ -14,6 +15,8 @@ class RetryInJob
     when "kill" then :kill
     when "nil" then nil
     when "count" then count + 100
+    when "text" then "600"
+    when "words" then "soon"
     when "raise" then raise "retry_in exploded"
     end
   end
