@@ -18,10 +18,7 @@ pytestmark = [pytest.mark.rails, pytest.mark.ruby]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[rails.Sidecar]:
-    rails.prepare_db(URL)
-    s = rails.start_sidecar(URL, threads=5, workers=2)
-    yield s
-    s.stop()
+    yield from rails.serve(URL, threads=5, workers=2)
 
 
 def test_jobs_spread_over_the_puma_workers_with_none_refused(redis_url, r, worker, cluster):

@@ -93,10 +93,7 @@ RUBY = rails.ruby_available()
 def fuzz_sidecar():
     if not RUBY:
         pytest.skip("needs Debian's ruby with rails, sidekiq and puma")
-    rails.prepare_db(URL)
-    s = rails.start_sidecar(URL, threads=2)
-    yield s
-    s.stop()
+    yield from rails.serve(URL, threads=2)
 
 
 SIGNER = signing.Signer(TEST_SECRET.encode())

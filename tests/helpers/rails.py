@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,12 @@ def start_sidecar(redis_url: str, rails_root: Path | str = RAILS_ROOT, threads: 
         time.sleep(0.1)
     sidecar.stop(timeout=5)
     raise RuntimeError(f"sidecar not healthy after {timeout}s:\n{sidecar.log()[-4000:]}")
+
+
+def serve(redis_url: str, **options: Any) -> Iterator[Sidecar]:
+    """A module fixture's body: the demo app's database prepared, one sidecar for the module's
+    tests (``options`` as start_sidecar takes them), stopped after them."""
+    prepare_db(redis_url)
+    s = start_sidecar(redis_url, **options)
+    yield s
+    s.stop()
