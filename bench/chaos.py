@@ -39,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -235,7 +236,7 @@ class Chaos:
         amb_ran = sum(1 for j in self.ambiguous if counts[j])
         unknown = set(counts) - expected - set(self.ambiguous)
         retry_changed = sum(1 for e in execs if e.get("retry_count") is not None)
-        where = {}
+        where: dict[str, Any] = {}
         if lost:
             raws = {}
             for key in [f"queue:{q}" for q in QUEUES] + r.keys("fastworker:inprogress:*"):
@@ -263,7 +264,8 @@ class Chaos:
         print("chaos result")
         print(f"  duration            {self.args.duration:.0f} s, workers {self.args.workers} x "
               f"{self.args.concurrency}, rate {self.args.rate}/s")
-        print(f"  faults              {len(self.faults)}: " + ", ".join(f"{k} {n}" for k, n in sorted(fault_counts.items())))
+        by_kind = ", ".join(f"{k} {n}" for k, n in sorted(fault_counts.items()))
+        print(f"  faults              {len(self.faults)}: {by_kind}")
         print(f"  enqueued            {len(expected)}")
         print(f"  ambiguous pushes    {len(self.ambiguous)} (push failed while Redis was away; {amb_ran} of them ran)")
         print(f"  executed            {sum(1 for j in expected if counts[j])} jobs, {sum(counts.values())} executions")

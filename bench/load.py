@@ -25,7 +25,6 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(args.duration)
     applied = 0
     try:
-        if faults:
+        if faults and compose is not None:  # --faults needs --compose (checked above)
             applied = run_faults(load, app, compose, faults, args.duration)
             time.sleep(args.duration / 2)
     finally:

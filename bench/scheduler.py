@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -48,7 +49,7 @@ def payload(i: int, created: float) -> bytes:
                          "tags": ["bench"], "backtrace": False})
 
 
-def seed(r: redis.Redis, key: str, n: int, score: callable, start: int = 0) -> None:
+def seed(r: redis.Redis, key: str, n: int, score: Callable[[int], float], start: int = 0) -> None:
     now = time.time()
     for lo in range(start, start + n, 10_000):
         hi = min(lo + 10_000, start + n)

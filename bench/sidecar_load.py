@@ -125,8 +125,15 @@ end
 """
 
 
+def _found(pattern: str, text: str) -> re.Match[str]:
+    m = re.search(pattern, text)
+    if m is None:
+        raise SystemExit(f"wrk printed no {pattern!r}:\n{text}")
+    return m
+
+
 def _wrk_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    value, unit = _found(r"^([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -145,18 +152,18 @@ def run_wrk(url: str, pid: int, connections: int, duration: float, warmup: float
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
     finally:
         os.unlink(f.name)
-    n = int(re.search(r"(\d+) requests in", out).group(1))
+    n = int(_found(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     elapsed = t1 - t0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rps = float(_found(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {
         "requests": n, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "seconds": round(elapsed, 2),
         "requests_per_s": round(rps), "jobs_per_s": round(rps * batch),
         "sidecar_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
         "sidecar_cpu_us_per_request": round(1e6 * (cpu1 - cpu0) / max(n, 1), 1),
         "sidecar_cpu_us_per_job": round(1e6 * (cpu1 - cpu0) / max(n * batch, 1), 1),
-        "p50_ms": _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99_ms": _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        "p50_ms": _wrk_ms(_found(r"50%\s+(\S+)", out).group(1)),
+        "p99_ms": _wrk_ms(_found(r"99%\s+(\S+)", out).group(1)),
     }
 
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -70,13 +71,14 @@ def up(d: Path) -> dict:
                FASTWORKER_SIDECAR_SECRET=os.environ.get("FASTWORKER_SIDECAR_SECRET") or secrets.token_urlsafe(48))
     env.pop("FASTWORKER_SIDECAR_SECRET_FILE", None)
     worker_args, sidecar_tuning = compose_commands()
-    state = {"dir": str(d), "ports": ports, "pids": {}, "app_url": f"http://127.0.0.1:{ports['app']}"}
+    pids: dict[str, int] = {}
+    state: dict[str, Any] = {"dir": str(d), "ports": ports, "pids": pids, "app_url": f"http://127.0.0.1:{ports['app']}"}
 
     def start(name: str, cmd: list[str], cwd: Path = ROOT, **extra: str) -> None:
         out = open(d / f"{name}.log", "ab")
         p = subprocess.Popen(cmd, cwd=cwd, env=dict(env, **extra), stdout=out, stderr=subprocess.STDOUT,
                              start_new_session=True)  # its own group: `down` signals it, nothing else
-        state["pids"][name] = p.pid
+        pids[name] = p.pid
         (d / "stack.json").write_text(json.dumps(state))
 
     try:

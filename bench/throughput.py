@@ -64,7 +64,7 @@ def main() -> None:
     r.sadd("queues", "default")
 
     stub = None if a.sidecar_url else StubSidecar(record=False)
-    url = a.sidecar_url or stub.url
+    url = a.sidecar_url if stub is None else stub.url
     log = open(os.devnull, "wb")
     w = subprocess.Popen([sys.executable, "-m", "fastworker", "--redis-url", a.redis_url, "--sidecar-url", url,
                           "-c", str(a.concurrency), "--http-port", str(free_port()), "--log-level", a.log_level],

@@ -235,7 +235,8 @@ class Server:
             for p in self.procs:
                 if p.poll() is not None:
                     raise AssertionError(f"{self.name}: a process exited with {p.returncode} during boot")
-            pids = {int(ident.split(b":")[-2]) for ident in r.smembers("processes")}
+            idents = [i.decode() if isinstance(i, bytes) else i for i in r.smembers("processes")]
+            pids = {int(ident.split(":")[-2]) for ident in idents}
             if pids - ours:
                 raise SystemExit(f"another server has a process record in {self.redis_url}: {sorted(pids - ours)}")
             return pids == ours
@@ -499,7 +500,7 @@ def slow(a: argparse.Namespace, name: str, log: str) -> dict:
         refused = srv.refusals() if srv.worker_pid else {}
     finally:
         srv.stop()
-    spans = [tuple(map(float, v.split())) for v in r.lrange("bench:slow", 0, -1)]
+    spans = [(float(s), float(e)) for s, e in (v.split() for v in r.lrange("bench:slow", 0, -1))]
     slots = a.concurrency * a.processes
     return {"server": name, "log": log, "jobs": SLOW_JOBS, "sleep_ms": SLOW_MS, "slots": slots,
             "wall_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 3),

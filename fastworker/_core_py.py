@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import operator
 from operator import attrgetter
-from typing import Any
+from typing import Any, SupportsIndex
 
 from orjson import JSONDecodeError
 from orjson import loads as _loads
@@ -132,6 +132,27 @@ class Envelope:
         "_dead", "_retry_for", "_created_at", "_enqueued_at", "_failed_at", "_retried_at",
         "_ms_timestamps",
     )  # fmt: skip
+    # the slots' types, for the type checker (annotations alone make no class attributes)
+    _raw: bytes
+    _job: dict[str, Any]
+    _jid: str
+    _klass: str
+    _args: list[Any]
+    _wrapped: str | None
+    _worker_class: str
+    _display_class: str
+    _queue: str | None
+    _retry: Any
+    _retry_count: int | None
+    _retry_queue: str | None
+    _backtrace: bool | int
+    _dead: bool
+    _retry_for: int | None
+    _created_at: float | None
+    _enqueued_at: float | None
+    _failed_at: float | None
+    _retried_at: float | None
+    _ms_timestamps: bool
 
     raw = _prop("raw", "bytes: the payload exactly as given (the same object when given bytes).")
     job = _prop("job", "dict: the parsed payload.")
@@ -323,14 +344,14 @@ def retry_jitter(count: int, r: float, sidekiq8: bool) -> int:
     return (digit if digit < 10 else 9) * (count + 1)
 
 
-def _nonneg(value: object, name: str) -> int:
+def _nonneg(value: SupportsIndex, name: str) -> int:
     n = operator.index(value)
     if n < 0:
         raise ValueError(f"{name} must be >= 0")
     return n
 
 
-def _capacity(value: object) -> int:
+def _capacity(value: SupportsIndex) -> int:
     n = operator.index(value)
     if n < 1:
         raise ValueError("capacity must be >= 1")

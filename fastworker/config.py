@@ -49,8 +49,8 @@ class Config:
     """Everything the worker needs to know, already validated.
 
     ``queues`` holds ``(name, weight)`` pairs in the order given (a name appears once: duplicates are
-    refused when read, as Sidekiq refuses them); weight 0 means no weight was given. Sidekiq's queue order follows from it: ``strict``, ``queue_names`` and
-    ``expanded_queues``.
+    refused when read, as Sidekiq refuses them); weight 0 means no weight was given. Sidekiq's
+    queue order follows from it: ``strict``, ``queue_names`` and ``expanded_queues``.
     """
 
     queues: tuple[tuple[str, int], ...] = (("default", 0),)
@@ -339,7 +339,7 @@ def _queues_from_yaml(raw: object) -> tuple[tuple[str, int], ...]:
     entries = raw if isinstance(raw, list) else [raw]
     out: list[tuple[str, int]] = []
     for original in entries:
-        entry = original.split(",") if isinstance(original, str) else original
+        entry: Any = original.split(",") if isinstance(original, str) else original
         scalars = isinstance(entry, list) and not any(isinstance(e, (list, dict)) for e in entry)
         if scalars and 1 <= len(entry) <= 2:
             name = erb.ruby_to_s(entry[0]).strip() if entry[0] is not None else ""

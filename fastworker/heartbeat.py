@@ -130,7 +130,7 @@ class Heartbeat:
             self._task = None
         try:
             await asyncio.wait_for(self._clear(), CLEAR_TIMEOUT)
-        except (asyncio.TimeoutError, *REDIS_ERRORS) as exc:
+        except (TimeoutError, *REDIS_ERRORS) as exc:
             # best effort, as in Sidekiq: the record expires within the TTL anyway
             log.warn("heartbeat_clear_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 

@@ -91,7 +91,7 @@ class Lifecycle:
         while not (self._closing and not self.pending):
             try:
                 await asyncio.wait_for(self._wake.wait(), RETRY_AFTER if self.pending else self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             woken = self._wake.is_set() or self._closing
             self._wake.clear()

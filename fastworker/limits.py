@@ -35,7 +35,7 @@ def agreed(configured: int, health: Any) -> int:
 
 async def one_by_one(client: Any, raws: list[bytes], jids: list[str]) -> list[Any]:
     out: list[Any] = []
-    for raw, jid in zip(raws, jids):
+    for raw, jid in zip(raws, jids, strict=True):
         try:
             out.append(await client.perform(raw, jid))
         except SidecarUnavailable as exc:

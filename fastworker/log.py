@@ -49,7 +49,7 @@ class EventLog:
         if level < self.level:
             return
         if self.format == "json":
-            rec = {"ts": self._ts(), "level": _NAMES[level], "event": event}
+            rec: dict[str, Any] = {"ts": self._ts(), "level": _NAMES[level], "event": event}
             rec.update(fields)
             rec["pid"] = self.pid
             line = orjson.dumps(rec, default=str) + b"\n"

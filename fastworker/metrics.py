@@ -63,9 +63,9 @@ class _Histogram:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out = []
+        out: list[tuple[str, float]] = []
         total = 0
-        for le, n in zip(_LE, self.counts):
+        for le, n in zip(_LE, self.counts, strict=True):
             total += n
             out.append((le, total))
         return out
@@ -237,7 +237,7 @@ class Metrics:
         task = self._refreshing
         try:
             await asyncio.wait_for(asyncio.shield(task), QUEUE_STATS_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warn("metrics_refresh_slow", timeout_s=QUEUE_STATS_TIMEOUT)
 
     async def _refresh(self) -> None:

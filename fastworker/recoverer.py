@@ -167,7 +167,7 @@ class Recoverer:
             for ident in old:
                 p.exists(self.keys.process(ident))
             alive = await p.execute()
-        return [ident for ident, live in zip(old, alive) if not live]
+        return [ident for ident, live in zip(old, alive, strict=True) if not live]
 
     async def recover(self, identity: str) -> int:
         """Claim ``identity`` and move its in-progress jobs; 0 if another recoverer got there first."""
@@ -233,7 +233,7 @@ class Recoverer:
         now = time.monotonic()
         seen: dict[tuple[str, bytes], float] = {}
         due: list[tuple[str, bytes]] = []
-        for q, raws in zip(L.queue_names, lists):
+        for q, raws in zip(L.queue_names, lists, strict=True):
             for raw in raws:
                 if raw in known:
                     continue

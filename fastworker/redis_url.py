@@ -47,7 +47,7 @@ def _sentinel(url: str, opts: dict[str, Any]) -> Any:
     db = int(path[1]) if len(path) > 1 else 0
     q = parse_qs(parts.query)
     password = unquote(parts.password) if parts.password else None
-    sentinel_kwargs = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": CONNECT_TIMEOUT}
+    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": CONNECT_TIMEOUT}
     if "sentinel_password" in q:
         sentinel_kwargs["password"] = q["sentinel_password"][0]
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in opts.items()

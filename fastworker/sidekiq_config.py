@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["SidekiqAnswer", "SidecarConfigError", "answer_layer", "app_sidekiq_version", "ask"]
 
-SidekiqAnswer = dict[str, Any]
+SidekiqAnswer = Mapping[str, Any]
 
 
 class SidecarConfigError(Exception):

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg redis-server redis-sentinel wrk"
+APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg redis-server redis-sentinel wrk rubocop"
 # note: Debian's `rails` metapackage pulls node tooling that does not install here; ruby-rails is Rails itself
 missing=""
 for p in $APT_PKGS; do
@@ -19,7 +19,7 @@ if [ -n "$missing" ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! $PY -c "import fastworker._core, pytest_benchmark, hypothesis, pytest_asyncio" 2>/dev/null \
+if ! $PY -c "import fastworker._core, pytest_benchmark, hypothesis, pytest_asyncio, mypy, ruff" 2>/dev/null \
    || [ fastworker/_core.pyx -nt "$(ls fastworker/_core*.so 2>/dev/null | head -1)" ]; then
   echo "setup: pip install -e .[dev]"
   $PY -m pip install -q --disable-pip-version-check "cython>=3.0,<4" setuptools wheel

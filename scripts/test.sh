@@ -13,6 +13,8 @@ redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || {
 # the suite runs signed, as users run it: one fresh secret for the worker, the sidecar and the stub
 export FASTWORKER_SIDECAR_SECRET=${FASTWORKER_SIDECAR_SECRET:-$($PY -c 'import secrets; print(secrets.token_urlsafe(48))')}
 status=0
+echo "== lint (scripts/lint.sh: ruff, mypy, rubocop)"
+bash scripts/lint.sh || status=1
 echo "== sidecar (minitest)"
 if [ -f sidecar/Rakefile ]; then
   (cd sidecar && timeout 600 ruby -Ilib -Itest -e 'Dir["test/*_test.rb"].sort.each { |f| require File.expand_path(f) }') || status=1

@@ -36,12 +36,12 @@ class AppTest < Minitest::Test
   def test_health_and_perform_while_booting_or_draining
     drain = Fastworker::Sidecar::Drain.new(capacity: 2)
     @app = Fastworker::Sidecar::App.new(drain: drain)
-    assert_equal [503, "booting"], get("/health").then { |s, b| [s, b["status"]] }
+    assert_equal([503, "booting"], get("/health").then { |s, b| [s, b["status"]] })
     status, body = perform(job("ContextJob"))
     assert_equal [503, "booting"], [status, body["error"]]
     drain.ready!
     drain.begin_drain!
-    assert_equal [503, "draining"], get("/health").then { |s, b| [s, b["status"]] }
+    assert_equal([503, "draining"], get("/health").then { |s, b| [s, b["status"]] })
     status, body = perform(job("ContextJob"))
     assert_equal [503, "draining"], [status, body["error"]]
     assert_empty Recorder[:context]
@@ -58,7 +58,7 @@ class AppTest < Minitest::Test
     assert_equal "at_capacity", body["error"]
     _, health = get("/health")
     assert_equal 2, health["in_flight"]
-    assert_equal [200, 200], slow.map { |t| t.value.first }
+    assert_equal([200, 200], slow.map { |t| t.value.first })
     assert_equal 200, perform(job("ContextJob")).first, "admits again once a slot is free"
     assert_equal 1, @app.metrics.count("perform", "unavailable")
   end

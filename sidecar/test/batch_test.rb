@@ -21,7 +21,7 @@ class BatchTest < Minitest::Test
     unknown = job("NoSuchJob")
     status, items = batch([ok, failing, "{not json", unknown], [ok["jid"], failing["jid"], "x", unknown["jid"]])
     assert_equal 200, status
-    assert_equal %w[done failed bad_request failed], items.map { |i| i["status"] }
+    assert_equal(%w[done failed bad_request failed], items.map { |i| i["status"] })
     assert_equal ok["jid"], items[0]["jid"]
     assert_kind_of Numeric, items[0]["runtime_ms"]
     assert_equal ["RuntimeError", "boom", nil, true], items[1].values_at("error_class", "error_message", "retry_in", "retry")
@@ -58,12 +58,16 @@ class BatchTest < Minitest::Test
 
   def test_jobs_after_a_drain_began_are_not_attempted
     drainer = Class.new do
-      def initialize(drain) = @drain = drain
+      def initialize(drain)
+        super()
+        @drain = drain
+      end
+
       def call(*) = @drain.begin_drain!
     end
     Sidekiq.server_middleware { |chain| chain.add(drainer, @drain) }
     _, items = batch([job("ContextJob"), job("ContextJob")])
-    assert_equal %w[done unavailable], items.map { |i| i["status"] }
+    assert_equal(%w[done unavailable], items.map { |i| i["status"] })
     assert_equal "draining", items[1]["reason"]
   ensure
     Sidekiq.server_middleware { |chain| chain.remove(drainer) }

@@ -283,7 +283,7 @@ def has_http_server() -> bool:
     return importlib.util.find_spec("fastworker.http_server") is not None
 
 
-def check_counts(counts: Counter[str], jids: list[str], may_repeat: set[str] = frozenset()) -> dict[str, Any]:
+def check_counts(counts: Counter[str], jids: list[str], may_repeat: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """Every jid ran; a jid ran twice only if it is in ``may_repeat``. Returns a summary."""
     lost = [j for j in jids if counts[j] == 0]
     dup = {j: n for j, n in counts.items() if n > 1}
@@ -308,7 +308,7 @@ def no_retry_spent(rr: redis.Redis, stub: FileStub) -> None:
 
 
 def queue_raws(r: redis.Redis, queue: str = "default") -> list[bytes]:
-    return r.lrange(f"queue:{queue}", 0, -1)
+    return [x if isinstance(x, bytes) else x.encode() for x in r.lrange(f"queue:{queue}", 0, -1)]
 
 
 def inprogress_total(r: redis.Redis) -> int:

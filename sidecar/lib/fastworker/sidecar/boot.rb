@@ -49,14 +49,18 @@ module Fastworker
         Compat.server_middleware.remove(::Sidekiq::Metrics::Middleware)
       end
 
+      def self.active_job_wrapper
+        ::ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper
+      rescue NameError
+        nil
+      end
+
       def self.alias_active_job_wrapper!
         return unless defined?(::ActiveJob::QueueAdapters)
 
-        wrapper = begin
-          ::ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper
-        rescue NameError
-          return
-        end
+        wrapper = active_job_wrapper
+        return unless wrapper
+
         ::Sidekiq.const_set(:ActiveJob, Module.new) unless ::Sidekiq.const_defined?(:ActiveJob, false)
         ::Sidekiq::ActiveJob.const_set(:Wrapper, wrapper) unless ::Sidekiq::ActiveJob.const_defined?(:Wrapper, false)
       end

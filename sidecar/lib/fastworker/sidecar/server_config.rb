@@ -92,14 +92,13 @@ module Fastworker
 
       def plain?(value)
         case value
-        when String, Integer, Float, true, false, nil then true
-        when Symbol then true
+        when String, Symbol, Integer, Float, true, false, nil then true
         when Array then value.all? { |v| plain?(v) }
         else false
         end
       end
 
-      def to_json
+      def to_json(*)
         JSON.generate(snapshot)
       end
 
