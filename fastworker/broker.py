@@ -333,10 +333,6 @@ class Broker:
 
     # -- moves out of the in-progress list ---------------------------------------------------
 
-    async def requeue(self, queue: str, raw: bytes) -> None:
-        """Put a job back at the head of its queue (RPUSH: it is the next one popped)."""
-        await self.bulk_requeue([(queue, raw)])
-
     async def bulk_requeue(self, items: Sequence[tuple[str, bytes]]) -> None:
         if not items:
             return
