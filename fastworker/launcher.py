@@ -82,6 +82,7 @@ class Launcher:
         self.started_at = clock.now()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._next_hang_probe = 0.0  # monotonic time of the next hung-sidecar probe (_breaker_probe_tick)
         self._deadline: float | None = None
         self.components: list[Any] = []  # the loops beside the job path: http, heartbeat, scheduler, recoverer
 
@@ -249,24 +250,32 @@ class Launcher:
 
     async def _breaker_probe(self) -> None:
         """While the circuit is open, probe GET /health after the cooldown; half-open on success.
-        Otherwise watch for a hung sidecar (the policy is in breaker.py's docstring)."""
-        connect_timeout = self.config.sidecar_connect_timeout
-        hang_after = 2 * connect_timeout
-        next_hang_probe = 0.0
+        Otherwise watch for a hung sidecar (the policy is in breaker.py's docstring). A tick that
+        raises is logged and the loop goes on: a dead probe would leave the circuit open for good
+        while /healthz still said 200."""
         while True:
             await asyncio.sleep(0.2)
-            b = self.breaker
-            if b.cooldown_over():
-                if await self.sidecar.health():
-                    b.half_open()
-                    self.fetcher.wake()
-                else:
-                    b.probe_failed("health check failed")
-            elif (b.state != "open" and self.sidecar.stalled(hang_after)
-                  and self.clock.mono() >= next_hang_probe):
-                next_hang_probe = self.clock.mono() + hang_after
-                if not await self.sidecar.responsive(connect_timeout):
-                    await self._sidecar_hung(hang_after)
+            try:
+                await self._breaker_probe_tick()
+            except Exception as exc:  # the loop must outlive any one tick
+                log.error("loop_failed", loop="breaker_probe", error_class=type(exc).__name__,
+                          error_message=str(exc)[:300])
+
+    async def _breaker_probe_tick(self) -> None:
+        connect_timeout = self.config.sidecar_connect_timeout
+        hang_after = 2 * connect_timeout
+        b = self.breaker
+        if b.cooldown_over():
+            if await self.sidecar.health():
+                b.half_open()
+                self.fetcher.wake()
+            else:
+                b.probe_failed("health check failed")
+        elif (b.state != "open" and self.sidecar.stalled(hang_after)
+              and self.clock.mono() >= self._next_hang_probe):
+            self._next_hang_probe = self.clock.mono() + hang_after
+            if not await self.sidecar.responsive(connect_timeout):
+                await self._sidecar_hung(hang_after)
 
     async def _sidecar_hung(self, hang_after: float) -> None:
         """Abandon every /perform still waiting: requeue its job for free, then cancel the request."""

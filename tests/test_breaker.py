@@ -232,3 +232,47 @@ def test_a_hung_sidecar_gives_its_jobs_back_for_free(procs, rr, fstub):
     wait_until(lambda: drained(rr), 15, what="the jobs run again")
     check_counts(fstub.counts(), jids, may_repeat=set(jids))  # the stopped sidecar had them: at least once
     no_retry_spent(rr, fstub)
+
+
+# -- the probe loop ------------------------------------------------------------------------------
+
+async def test_the_probe_loop_outlives_a_tick_that_raises_and_still_half_opens():
+    """A probe that died silently left the circuit open for good while /healthz said 200."""
+    import asyncio
+    import io
+    from types import SimpleNamespace
+
+    from fastworker.launcher import Launcher
+    from fastworker.log import log
+
+    b, mono, changes = breaker(threshold=1, cooldown=1.0)
+    b.failure("down")
+    mono.t += 2  # the cooldown is over
+    answers = iter([RuntimeError("health exploded"), True])
+
+    async def health() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    woken: list[bool] = []
+    fake = SimpleNamespace(breaker=b, sidecar=SimpleNamespace(health=health), config=SimpleNamespace(
+        sidecar_connect_timeout=1.0), fetcher=SimpleNamespace(wake=lambda: woken.append(True)), _next_hang_probe=0.0)
+    fake._breaker_probe_tick = lambda: Launcher._breaker_probe_tick(fake)  # type: ignore[arg-type]
+    saved = log.stream, log.format
+    log.stream, log.format = io.BytesIO(), "json"
+    try:
+        task = asyncio.ensure_future(Launcher._breaker_probe(fake))  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if b.state == HALF_OPEN:
+                break
+        task.cancel()
+        log.flush()
+        lines = [json.loads(x) for x in log.stream.getvalue().splitlines()]
+    finally:
+        log.stream, log.format = saved
+    assert b.state == HALF_OPEN and woken == [True]
+    assert [(x["loop"], x["error_message"]) for x in lines if x["event"] == "loop_failed"] == \
+        [("breaker_probe", "health exploded")]
