@@ -181,7 +181,7 @@ class SidecarClient:
         if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
             return BadJob(_reason(body))
         raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
-                                 interrupted=status == 503 and _status_of(body) == "shutdown")
+                                 interrupted=status == 503 and _field(body, "status") == "shutdown")
 
     async def perform_batch(self, raws: list[bytes],
                             jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
@@ -238,11 +238,7 @@ class SidecarClient:
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise SidecarUnavailable(f"/exhausted answered {status}: {_excerpt(body)}", status, _retry_after(headers))
-        try:
-            result = orjson.loads(body).get("result")
-        except (orjson.JSONDecodeError, AttributeError):
-            return None
-        return result if result == "discard" else None
+        return "discard" if _field(body, "result") == "discard" else None
 
     async def cancel(self, jids: list[str], grace: float = CANCEL_GRACE,
                      timeout: float | None = None) -> dict[str, Any] | None:
@@ -349,12 +345,17 @@ def _positive(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
 
 
+def _field(body: bytes, name: str) -> Any:
+    """One field of a JSON object answer; None when the body is not one."""
+    try:
+        return orjson.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+
+
 def _reason(body: bytes) -> str:
     """The sidecar's own words for a refusal ({"error": ...}), else the raw excerpt."""
-    try:
-        error = orjson.loads(body).get("error")
-    except (ValueError, AttributeError):
-        error = None
+    error = _field(body, "error")
     return error[:1000] if isinstance(error, str) else _excerpt(body)
 
 
@@ -373,12 +374,6 @@ def _done(body: bytes) -> Done:
         return _DONE_UNKNOWN
     return Done(rt if isinstance(rt, (int, float)) else None, data.get("skipped") is True)
 
-
-def _status_of(body: bytes) -> Any:
-    try:
-        return orjson.loads(body).get("status")
-    except (ValueError, AttributeError):
-        return None
 
 
 def _failed(body: bytes) -> Failed:

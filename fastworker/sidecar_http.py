@@ -62,7 +62,6 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pid: str | None = None  # the sidecar process at the other end, once an answer named it
         self.closed = False
-        self.piped = False  # carrying pipelined requests (SidecarHTTP.request)
         self.in_flight = 0  # requests sent on it whose callers have not yet taken their answer
         self._buf = bytearray()
         self.waiters: deque[asyncio.Future[Response]] = deque()  # one per request in flight, in order
@@ -209,14 +208,14 @@ class SidecarHTTP:
         """One request; raises TransportError when no complete answer came back. ``pipelined``: it
         may queue behind other pipelined requests on one connection (duty 4)."""
         data = self._encode(method, path, body, headers)
-        if pipelined and self.depth > 1:
+        piped = pipelined and self.depth > 1
+        if piped:
             conn = self._pipe()
             if conn is not None:  # rides on a connection already in use: no slot of its own
                 return await self._exchange(conn, data, timeout)
         async with self._slot:
             conn = await self._acquire()
-            if pipelined and self.depth > 1:
-                conn.piped = True
+            if piped:
                 self._piping.add(conn)
             return await self._exchange(conn, data, timeout)
 
@@ -240,7 +239,6 @@ class SidecarHTTP:
             if not (done and not conn.closed):  # broken, cancelled or timed out half-way: out of step
                 self._discard(conn)
             elif not conn.in_flight:  # the last of its callers (answers can land together): idle again
-                conn.piped = False
                 self._piping.discard(conn)
                 self._idle.append(conn)
 

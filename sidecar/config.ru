@@ -17,7 +17,9 @@ drain = Fastworker::Sidecar::Drain.new(capacity: threads)
 Fastworker::Sidecar.drain = drain
 if defined?(::Puma::Server)
   require "fastworker/sidecar/puma_drain"
+  require "fastworker/sidecar/puma_pipelining"
   Fastworker::Sidecar::PumaDrain.install!
+  Fastworker::Sidecar::PumaPipelining.install! # /health then offers "pipeline": 2 (Puma 5.x)
   # Puma 5's TERM handler re-raises SIGTERM after starting the stop, which would end the
   # process before the drain. Same as `raise_exception_on_sigterm false` in a Puma config.
   Puma.cli_config.options[:raise_exception_on_sigterm] = false if Puma.respond_to?(:cli_config) && Puma.cli_config
