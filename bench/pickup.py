@@ -21,7 +21,9 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.helpers.procs import StubSidecar, free_port, wait_until  # noqa: E402
+import os  # noqa: E402
+
+from tests.helpers.procs import StubSidecar, free_port, wait_until, with_secret  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +38,8 @@ def main() -> None:
     stub = StubSidecar(record=True)
     w = subprocess.Popen([sys.executable, "-m", "fastworker", "--redis-url", a.redis_url, "--sidecar-url", stub.url,
                           "-q", a.queues, "-c", "5", "--http-port", str(free_port()), "--log-level", "warn"],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         cwd=ROOT, env=with_secret(dict(os.environ)), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     try:
         time.sleep(2.0)  # started and idle
         queue = a.queues.split(",")[-1].split(":")[0]

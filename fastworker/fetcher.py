@@ -223,4 +223,7 @@ class Fetcher:
                 continue
             if raw is not None:
                 self._handoff.append((queue, raw))
+                # the loop is busy from now on: this waker blocks again only when it is idle again,
+                # so the next BLMOVE is not sent before the job it just took goes to the sidecar
+                self._idle.clear()
                 self._wake.set()

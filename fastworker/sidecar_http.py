@@ -273,7 +273,9 @@ class SidecarHTTP:
             self._discard(conn)
         if idle:
             load = self._load
-            best = min(idle, key=lambda c: load.get(c.pid, 0))
+            # the most recently used first: its Puma thread is still waiting on it (Puma's fast
+            # track), so the request skips the reactor's hand-off to another thread
+            best = min(reversed(idle), key=lambda c: load.get(c.pid, 0))
             full = self.capacity and best.pid is not None and load.get(best.pid, 0) >= self.capacity
             if not (full or self._should_grow(best)) or len(self._all) >= self.limit:
                 idle.remove(best)

@@ -80,6 +80,22 @@ async def test_keep_alive_reuses_one_connection_and_sends_the_body_and_headers()
     await srv.stop()
 
 
+async def test_a_lone_request_takes_the_most_recently_used_connection():
+    """Puma's thread waits a moment on the connection it just answered (its fast track): the next
+    request on that connection skips the reactor's hand-off to another thread."""
+    srv = Server(lambda n, req: ok(b"{}", "x-fastworker-pid: 11\r\n") if b"/slow" not in req else ok())
+    http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    # three at once open three connections; the fast two come back before the slow one
+    await asyncio.gather(http.request("POST", "/slow"), http.request("POST", "/a"), http.request("POST", "/b"))
+    assert srv.connections == 3
+    slow_conn = next(n for n, req in srv.requests if b"/slow" in req)
+    for _ in range(3):
+        await http.request("POST", "/next")
+    assert [n for n, req in srv.requests if b"/next" in req] == [slow_conn] * 3
+    await http.close()
+    await srv.stop()
+
+
 async def test_chunked_bodies_and_connection_close():
     def reply(n: int, req: bytes) -> bytes:
         if b"/chunked" in req:
