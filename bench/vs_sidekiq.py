@@ -68,7 +68,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "bench/app"
 sys.path.insert(0, str(ROOT))
-from tests.helpers.procs import StubSidecar, free_port, wait_http, wait_until  # noqa: E402
+from tests.helpers.procs import StubSidecar, free_port, wait_http, wait_until, with_secret  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -192,8 +192,9 @@ class Server:
         self.procs: list[subprocess.Popen] = []
         self.worker_pid: int | None = None  # the fastworker process, for its own CPU and /metrics
         self.http_port = 0
-        self.env = dict(os.environ, REDIS_URL=a.redis_url, BENCH_LOG_LEVEL=log, RAILS_ENV="production",
-                        MALLOC_ARENA_MAX="2")
+        # one secret for the worker and either sidecar (the stub starts with the same one)
+        self.env = with_secret(dict(os.environ, REDIS_URL=a.redis_url, BENCH_LOG_LEVEL=log, RAILS_ENV="production",
+                                    MALLOC_ARENA_MAX="2"))
 
     def start(self) -> None:
         out = subprocess.DEVNULL

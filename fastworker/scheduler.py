@@ -15,7 +15,14 @@ Duties:
    atomic script: unlike Sidekiq's ZREM-then-Client.push, a crash in between cannot lose a job.
 4. The job is re-written as Sidekiq's Client.push would write it: every key kept with its JSON
    type (integers of any size too), ``enqueued_at`` = now (float seconds, or integer ms for a
-   Sidekiq 8 payload), and ``queue`` / ``jid`` / ``created_at`` filled in only when missing.
+   Sidekiq 8 payload), and ``retry`` / ``queue`` / ``jid`` / ``created_at`` filled in only when
+   missing (normalize_item's defaults: ``retry`` true, queue "default").
+4a. When the app has client middleware (the sidecar's /health says so), the due members go
+   through it first, as Sidekiq's poller pushes them with Sidekiq::Client (POST /client_push):
+   the sidecar answers what to push where, or that a middleware dropped the job (it is then only
+   removed, as Sidekiq drops it), or that one raised (the job goes to the dead set with the
+   reason; Sidekiq would lose it). With the sidecar unreachable, the members stay in their set
+   until it answers: a scheduled job never skips the app's middleware.
 5. A member that cannot be a job (not JSON, not an object, no class, no args array, a bad
    queue) goes to the dead set, trimmed as Sidekiq trims it, with the reason logged. Sidekiq
    would raise after the ZREM and lose it.
@@ -35,6 +42,7 @@ from typing import Any
 from . import scripts
 from .broker import REDIS_ERRORS
 from .clock import wait_event
+from .errors import SidecarUnavailable
 from .log import log
 from .retry import dead_member_for, dump_job, load_job
 
@@ -80,7 +88,9 @@ def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
         ms = version == "8"
     stamp: float | int = int(now * 1000) if ms else now
 
-    # Client#normalize_item fills these in when absent; everything else stays as it was
+    # Client#normalize_item fills these in when absent (default_job_options first, as its
+    # defaults.merge(item) orders them); everything else stays as it was
+    job = {"retry": job.get("retry", True), "queue": queue, **job}
     job["queue"] = queue
     if job.get("jid") is None:
         job["jid"] = secrets.token_hex(12)
@@ -101,6 +111,7 @@ class Scheduler:
         self.health = launcher.health
         self.clock = launcher.clock
         self.metrics = getattr(launcher, "metrics", None)
+        self.sidecar = getattr(launcher, "sidecar", None)  # for the app's client middleware (duty 4a)
         self.poll_interval = float(c.poll_interval)
         self.version = str(c.sidekiq_version)
         self.dead_max_jobs = c.dead_max_jobs
@@ -195,22 +206,57 @@ class Scheduler:
         return counts
 
     async def _enqueue(self, key: str, name: str, members: list[bytes], now: float) -> int:
-        args: list[Any] = [repr(now)]
         bad: list[tuple[bytes, str]] = []
+        good: list[tuple[bytes, str, bytes]] = []
         for raw in members:
             try:
                 queue, job = prepare(raw, now, self.version)
             except BadMember as exc:
                 bad.append((raw, str(exc)))
                 continue
-            args += (raw, self.keys.queue(queue), queue, job)
+            good.append((raw, queue, job))
+        moves: list[Any] = []
+        try:
+            if good and self.sidecar is not None and await self._through_middleware(self.sidecar):
+                answers = await self.sidecar.client_push([raw for raw, _, _ in good])
+                for (raw, _, _), answer in zip(good, answers, strict=True):
+                    moves += self._move_for(raw, answer, bad)
+                good = []
+        except SidecarUnavailable as exc:
+            log.warn("scheduled_waiting_for_sidecar", set=name, jobs=len(good), error_message=str(exc)[:300])
+            good, moves = [], []
+        for raw, queue, job in good:
+            moves += (raw, "q", self.keys.queue(queue), queue, job)
         moved = 0
-        if len(args) > 1:
-            moved = int(await self._move(keys=[key, self.keys.queues], args=args))
+        if moves:
+            moved = int(await self._move(keys=[key, self.keys.queues], args=[repr(now), *moves]))
             self.moved += moved
         for raw, reason in bad:
             await self._kill_bad(key, name, raw, reason, now)
         return moved
+
+    async def _through_middleware(self, sidecar: Any) -> bool:
+        """Does the app have client middleware? Asks the sidecar until it has answered once; an
+        unknown answer means wait (the jobs stay in their set), never skip the middleware."""
+        if sidecar.client_middleware is None:
+            await sidecar.health()
+        if sidecar.client_middleware is None:
+            raise SidecarUnavailable("the sidecar has not said whether the app has client middleware")
+        return bool(sidecar.client_middleware)
+
+    def _move_for(self, raw: bytes, answer: dict[str, Any], bad: list[tuple[bytes, str]]) -> list[Any]:
+        """MOVE_DUE's quintuple for one member, from the sidecar's answer for it."""
+        job = answer.get("job")
+        if answer.get("dropped") is True:
+            return [raw, "x", "", "", ""]
+        if isinstance(answer.get("error"), str):
+            bad.append((raw, f"client middleware raised: {answer['error']}"))
+            return []
+        if isinstance(job, str) and isinstance(answer.get("queue"), str) and answer["queue"]:
+            return [raw, "q", self.keys.queue(answer["queue"]), answer["queue"], job]
+        if isinstance(job, str) and isinstance(answer.get("at"), (int, float)):
+            return [raw, "z", self.keys.schedule, repr(float(answer["at"])), job]
+        raise SidecarUnavailable(f"/client_push answer not understood: {str(answer)[:200]}")
 
     async def _kill_bad(self, key: str, name: str, raw: bytes, reason: str, now: float) -> None:
         """Into the dead set (only if this process removed it from ``key``): see retry.dead_member_for."""

@@ -68,21 +68,29 @@ return out
 """
 
 # Move due members of a sorted set (schedule or retry) to their queues. Python reads the due
-# members, rewrites each job's JSON (fresh enqueued_at, in the job's own timestamp format) and
-# passes quadruples here. A member moves only if it is still due (its score may have been changed
-# since it was read, e.g. by SortedEntry#reschedule) and this call removed it from the set
-# (ZREM == 1), so any number of schedulers can run at once without duplicating or losing a job.
+# members, rewrites each job's JSON (fresh enqueued_at, in the job's own timestamp format; or as the
+# app's client middleware left it) and passes quintuples here. A member moves only if it is still
+# due (its score may have been changed since it was read, e.g. by SortedEntry#reschedule) and this
+# call removed it from the set (ZREM == 1), so any number of schedulers can run at once without
+# duplicating or losing a job.
 # KEYS[1] = the set, KEYS[2] = the `queues` set; ARGV[1] = now (the score limit, inclusive),
-# then ARGV = old member, queue key, queue name, new JSON, ...
-# Returns the number moved.
+# then ARGV = old member, what to do, target key, queue name or score, new JSON, ... where what to
+# do is "q" (LPUSH to the queue), "z" (ZADD to the schedule set: a middleware set "at") or "x"
+# (only remove it: a middleware dropped it, as Sidekiq's client drops it).
+# Returns the number this call removed.
 MOVE_DUE = """
 local now = tonumber(ARGV[1])
 local moved = 0
-for i = 2, #ARGV, 4 do
+for i = 2, #ARGV, 5 do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and tonumber(score) <= now and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('SADD', KEYS[2], ARGV[i+2])
-    redis.call('LPUSH', ARGV[i+1], ARGV[i+3])
+    local what = ARGV[i+1]
+    if what == 'q' then
+      redis.call('SADD', KEYS[2], ARGV[i+3])
+      redis.call('LPUSH', ARGV[i+2], ARGV[i+4])
+    elseif what == 'z' then
+      redis.call('ZADD', ARGV[i+2], ARGV[i+3], ARGV[i+4])
+    end
     moved = moved + 1
   end
 end

@@ -15,6 +15,9 @@ Duties:
    the app's Sidekiq lifecycle events. /lifecycle goes over one dedicated keep-alive connection, so
    that in a Puma cluster it keeps reaching the same sidecar process; neither counts for the hang
    watchdog, and a failure is reported, never raised.
+6. ``client_push(members)``: POST /client_push, due retry and schedule members through the app's
+   client middleware as Sidekiq's poller pushes them; ``client_middleware`` says (from /health)
+   whether the app has any, None until the sidecar first answered.
 Every request carries the signature headers when a secret is set (signing.py).
 """
 
@@ -36,6 +39,7 @@ from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeou
 _JSON = "application/json"
 CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blocks (Drain::HARD_STOP_GRACE)
 LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the request
+CLIENT_PUSH_TIMEOUT = 10.0  # the app's client middleware runs inside the request (500 jobs at most)
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class SidecarClient:
         self.http: SidecarHTTP | None = None
         self.control: SidecarHTTP | None = None  # one connection for /cancel and /lifecycle
         self.offer = Offer()  # what GET /health advertises: /perform_batch, the sidecar's processes
+        self.client_middleware: bool | None = None  # the app has client middleware (None: not known yet)
         # for the hang watchdog (breaker.py): the task of each /perform(_batch) awaiting its answer,
         # with when it was sent, and when the last answer of any kind arrived (monotonic)
         self.outstanding: dict[asyncio.Task[Any] | None, float] = {}
@@ -271,6 +276,21 @@ class SidecarClient:
             log.warn("invalid_job_not_reported", error_message=str(exc)[:300],
                      payload=raw[:200].decode("utf-8", "replace"))
 
+    async def client_push(self, members: list[bytes]) -> list[dict[str, Any]]:
+        """What to do with each due member after the app's client middleware, in order: {"queue",
+        "job"}, {"at", "job"}, {"dropped"} or {"error"} (ClientPush in the sidecar). Raises
+        SidecarUnavailable when no usable answer came: the members stay where they are."""
+        body = orjson.dumps({"jobs": [m.decode("utf-8") for m in members]})
+        resp = await self._post("/client_push", body, {"Content-Type": _JSON}, control_timeout=CLIENT_PUSH_TIMEOUT)
+        if resp.status != 200:
+            raise SidecarUnavailable(f"/client_push answered {resp.status}: {_excerpt(resp.body)}", resp.status,
+                                     _retry_after(resp.headers))
+        answers = _field(resp.body, "jobs")
+        if not (isinstance(answers, list) and len(answers) == len(members)
+                and all(isinstance(a, dict) for a in answers)):
+            raise SidecarUnavailable(f"/client_push answered no list of {len(members)}: {_excerpt(resp.body)}")
+        return answers
+
     async def lifecycle(self, event: str, identity: str, timeout: float | None = None, quiet: bool = False,
                         request_timeout: float = LIFECYCLE_TIMEOUT) -> bool:
         """Tell the sidecar this worker's lifecycle event; True once it took it."""
@@ -325,6 +345,7 @@ class SidecarClient:
         self.offer.batch_max = _positive(info.get("batch_max"), MAX_BATCH) if info.get("batch") else 1
         self.offer.processes = _positive(info.get("workers"), 1)
         self.offer.pipeline = _positive(info.get("pipeline"), 1)
+        self.client_middleware = info.get("client_middleware") is True  # absent: a sidecar without any
         if self.http is not None:
             self.http.processes = self.offer.processes
             self.http.depth = self.offer.pipeline

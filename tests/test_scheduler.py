@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from fastworker import scheduler as sched_mod
 from fastworker.broker import RedisHealth
+from fastworker.errors import SidecarUnavailable
 from fastworker.keys import Keys
 from fastworker.log import log
 from fastworker.scheduler import Scheduler, prepare
@@ -142,10 +143,13 @@ async def test_enqueued_at_is_written_in_the_jobs_own_format(r, made, created, e
     assert got.get("created_at", want) == (created if created is not None else want)
 
 
-async def test_missing_queue_jid_and_created_at_are_filled_in_as_client_push_does(r, made):
-    r.zadd("schedule", {b'{"class":"HardJob","args":[7]}': PAST})
+async def test_missing_retry_queue_jid_and_created_at_are_filled_in_as_client_push_does(r, made):
+    r.zadd("schedule", {b'{"class":"HardJob","args":[7]}': PAST, b'{"class":"HardJob","args":[8],"retry":2}': PAST})
     await made().tick()
-    got = orjson.loads(r.lindex("queue:default", 0))
+    got = orjson.loads(r.lindex("queue:default", 1))
+    # normalize_item: default_job_options ({"retry" => true, "queue" => "default"}) merged under the job
+    assert list(got)[:2] == ["retry", "queue"] and got["retry"] is True
+    assert orjson.loads(r.lindex("queue:default", 0))["retry"] == 2
     assert got["queue"] == "default" and re.fullmatch(r"[0-9a-f]{24}", got["jid"])
     assert got["created_at"] == NOW and got["enqueued_at"] == NOW
     assert r.smembers("queues") == {b"default"}
@@ -353,12 +357,98 @@ async def test_an_unexpected_error_is_logged_and_the_loop_goes_on(r, made, logs)
     assert r.llen("queue:default") == 1  # retry is polled first, and still works
 
 
+# -- the app's client middleware (the sidecar's /client_push) ------------------------------------
+
+class MiddlewareSidecar:
+    """What the scheduler asks of the sidecar client: whether the app has client middleware
+    (``None`` until /health answered) and, per due member, what its middleware made of it."""
+
+    def __init__(self, middleware: bool | None, answer=None, fail: bool = False) -> None:
+        self.client_middleware = middleware
+        self.answer = answer or (lambda job: {"queue": job["queue"], "job": orjson.dumps(job).decode()})
+        self.fail = fail
+        self.pushed: list[list[bytes]] = []
+        self.health_calls = 0
+
+    async def health(self) -> bool:
+        self.health_calls += 1
+        return False
+
+    async def client_push(self, members: list[bytes]) -> list[dict]:
+        self.pushed.append(members)
+        if self.fail:
+            raise SidecarUnavailable("connection refused")
+        return [self.answer(orjson.loads(m)) for m in members]
+
+
+def with_sidecar(s: Scheduler, sidecar: MiddlewareSidecar) -> Scheduler:
+    s.sidecar = sidecar
+    return s
+
+
+def middleware(job: dict) -> dict:
+    """An app's client middleware: tags the job, reroutes one, drops one, raises for one, delays one."""
+    arg = job["args"][0]
+    if arg == "drop":
+        return {"dropped": True}
+    if arg == "boom":
+        return {"error": "RuntimeError: tenant unknown"}
+    if arg == "later":
+        return {"at": FUTURE, "job": orjson.dumps({**job, "tagged": True}).decode()}
+    queue = "critical" if arg == "reroute" else job["queue"]
+    return {"queue": queue, "job": orjson.dumps({**job, "queue": queue, "tagged": True}).decode()}
+
+
+async def test_due_members_go_through_the_apps_client_middleware_before_they_are_pushed(r, made):
+    members = {b'{"class":"HardJob","args":["%s"],"queue":"default","jid":"%s","retry":true}' % (a.encode(), a.encode()):
+               PAST for a in ("plain", "reroute", "drop", "boom", "later")}
+    r.zadd("schedule", members)
+    sidecar = MiddlewareSidecar(True, middleware)
+    await with_sidecar(made(), sidecar).tick()
+    assert sorted(sidecar.pushed[0]) == sorted(members)  # the original members, as the poller loads them
+    assert [orjson.loads(j)["jid"] for j in r.lrange("queue:default", 0, -1)] == ["plain"]
+    assert [orjson.loads(j)["jid"] for j in r.lrange("queue:critical", 0, -1)] == ["reroute"]
+    assert all(orjson.loads(j)["tagged"] for q in ("default", "critical") for j in r.lrange(f"queue:{q}", 0, -1))
+    assert r.smembers("queues") == {b"default", b"critical"}
+    # a middleware that set "at": back to the schedule set, at that time
+    [(later, score)] = r.zrange("schedule", 0, -1, withscores=True)
+    assert orjson.loads(later)["jid"] == "later" and orjson.loads(later)["tagged"] and score == FUTURE
+    # dropped: gone, as Sidekiq drops it; raised: the dead set with the reason (Sidekiq loses it)
+    [dead] = r.zrange("dead", 0, -1)
+    assert orjson.loads(dead)["jid"] == "boom"
+
+
+async def test_without_client_middleware_the_sidecar_is_not_asked(r, made):
+    r.zadd("retry", {b'{"class":"HardJob","args":[1],"queue":"default","retry":true}': PAST})
+    sidecar = MiddlewareSidecar(False)
+    await with_sidecar(made(), sidecar).tick()
+    assert sidecar.pushed == [] and r.llen("queue:default") == 1
+
+
+@pytest.mark.parametrize("known,fail", [(True, True), (None, False)])
+async def test_due_members_wait_in_their_set_while_the_middleware_cannot_run(r, made, logs, known, fail):
+    """The sidecar unreachable, or not yet known to have no middleware: nothing moves, nothing is
+    lost, and the next poll tries again."""
+    member = b'{"class":"HardJob","args":[1],"queue":"default","retry":true}'
+    r.zadd("retry", {member: PAST})
+    sidecar = MiddlewareSidecar(known, fail=fail)
+    s = with_sidecar(made(), sidecar)
+    assert await s.poll() == 0
+    assert r.zrange("retry", 0, -1) == [member] and r.llen("queue:default") == 0 and r.zcard("dead") == 0
+    assert [e["set"] for e in logs("scheduled_waiting_for_sidecar")] == ["retry"]
+    assert sidecar.health_calls == (1 if known is None else 0)
+    sidecar.client_middleware, sidecar.fail = True, False
+    assert await s.poll() == 1 and r.llen("queue:default") == 1
+
+
 # -- prepare (pure) ------------------------------------------------------------------------------
 
 def test_prepare_returns_the_queue_and_compact_json():
     queue, out = prepare(b'{"class":"A","args":[],"queue":"q1","jid":"x","created_at":1.5}', NOW)
     assert queue == "q1"
-    assert out == b'{"class":"A","args":[],"queue":"q1","jid":"x","created_at":1.5,"enqueued_at":1700000000.5}'
+    # the key order of normalize_item's defaults.merge(item): retry and queue first
+    assert out == (b'{"retry":true,"queue":"q1","class":"A","args":[],"jid":"x","created_at":1.5,'
+                   b'"enqueued_at":1700000000.5}')
 
 
 async def wait_for(pred, timeout: float = 5.0) -> None:

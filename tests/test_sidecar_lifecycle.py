@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REDIS_BASE, TEST_DB
 from tests.helpers import rails
-from tests.helpers.procs import ruby, wait_until
+from tests.helpers.procs import ruby, ruby_json, wait_until
 
 pytestmark = pytest.mark.skipif(not rails.ruby_available(), reason="needs Debian's ruby, rails, sidekiq")
 
@@ -115,3 +115,40 @@ def test_the_worker_tells_its_lifecycle_and_cancels_before_it_requeues(worker, s
     names = [e["event"] for e in w.events()]
     assert names.index("shutdown_cancelled") < names.index("shutdown_requeued")
     assert r.llen("queue:default") == 1
+
+
+def test_due_jobs_pass_through_the_apps_client_middleware_as_sidekiqs_poller_pushes_them(db, worker, r):
+    """Scheduled and retried jobs, when due, go through the app's client middleware (the demo's
+    TraceMiddleware): it tags them, reroutes one, drops one (never run, gone as under Sidekiq) and
+    raises for one (the dead set and the error handlers; Sidekiq would lose it)."""
+    with rails.start_sidecar(URL, threads=2, env={"DEMO_CLIENT_MIDDLEWARE": "1"}) as sidecar:
+        assert sidecar.health()[1]["client_middleware"] is True
+        ruby(URL, """
+          at = Time.now.to_f + 1
+          %w[plain veto reroute boom].each do |a|
+            Sidekiq::Client.push("class" => "PlainWorker", "args" => [a, 1], "at" => at, "jid" => a.ljust(24, "0"))
+          end
+          # a retry as JobRetry writes it, already due
+          job = {"class" => "PlainWorker", "args" => ["retried", 2], "queue" => "default", "retry" => true,
+                 "jid" => "retried".ljust(24, "0"), "created_at" => Time.now.to_f - 60, "retry_count" => 0,
+                 "error_class" => "RuntimeError", "error_message" => "once", "failed_at" => Time.now.to_f - 30}
+          Sidekiq.redis { |c| c.zadd("retry", (Time.now.to_f - 1).to_s, Sidekiq.dump_json(job)) }
+        """)
+        w = worker("-q", "critical,default", "--poll-interval", "0.2", sidecar_url=sidecar.url)
+        wait_until(lambda: len(runs(db, "plain")) >= 3, 20, 0.1, "the due jobs run")
+        time.sleep(1.0)
+        ran = {x["args"][0]: json.loads(x["middleware_context"]) for x in runs(db, "plain")}
+        assert sorted(ran) == ["plain", "reroute", "retried"]
+        assert {a: ctx["trace_id"] for a, ctx in ran.items()} == {a: "trace-" + a.ljust(24, "0") for a in ran}
+        assert ran["reroute"]["queue"] == "critical" and ran["plain"]["queue"] == "default"
+        # the middleware saw each due job once, with the queue the poller pushes it to
+        seen = sorted(x.decode() for x in r.lrange("demo:client_middleware", 0, -1))
+        assert seen == sorted(f"{a.ljust(24, '0')} default" for a in ("plain", "veto", "reroute", "boom", "retried"))
+        state = ruby_json(URL, """
+          puts JSON.generate("scheduled" => Sidekiq::ScheduledSet.new.size, "retry" => Sidekiq::RetrySet.new.size,
+            "queued" => Sidekiq::Queue.all.sum(&:size), "dead" => Sidekiq::DeadSet.new.map(&:jid))
+        """)
+        assert state == {"scheduled": 0, "retry": 0, "queued": 0, "dead": ["boom".ljust(24, "0")]}
+        [event] = [dict(e) for e in db.execute("SELECT * FROM job_events WHERE event = 'error'")]
+        assert event["jid"] == "boom".ljust(24, "0") and event["error_message"] == "tenant unknown"
+        assert w.stop() == 0

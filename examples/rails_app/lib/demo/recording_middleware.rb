@@ -18,6 +18,7 @@ module Demo
         "class" => job["class"],
         "wrapped" => job["wrapped"],
         "retry_count" => job["retry_count"],
+        "trace_id" => job["trace_id"],
         "worker_class" => worker.class.name,
         "worker_jid" => worker.jid
       }

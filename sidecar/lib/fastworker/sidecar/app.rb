@@ -18,9 +18,12 @@ module Fastworker
     #    as Sidekiq's Processor#process, parse it with Sidekiq.load_json and give the parse error
     #    to the error handlers with {context: "Invalid JSON for job", jobstr:}; a body Ruby can
     #    parse (the worker refused it for another reason) reaches no handler.
+    # 3c. /client_push {"jobs": [member, ...]}: due retry and schedule members through the app's
+    #    client middleware (ClientPush), 200 with what to push for each; 503 while booting.
     # 4. /config: Sidekiq's resolved server configuration (ServerConfig) once booted, 503 before.
     # 4b. /health: 200 with versions, in-flight count, job slots per process, Puma worker
-    #    count, batch limit and pipelining depth once booted, 503 otherwise.
+    #    count, batch limit, pipelining depth and whether the app has client middleware once
+    #    booted, 503 otherwise.
     # 5. Observe every protocol request in Metrics; turn an internal error into a 500, which
     #    the worker treats like an unavailable sidecar (requeue, no retry spent).
     # 6. Tag every protocol answer and a signed /health with `x-fastworker-pid`, so the worker can tell
@@ -65,6 +68,7 @@ module Fastworker
         when "/cancel" then protocol(env, "cancel") { cancel(env) }
         when "/lifecycle" then protocol(env, "lifecycle") { lifecycle_event(env) }
         when "/invalid" then protocol(env, "invalid") { invalid_job(env) }
+        when "/client_push" then protocol(env, "client_push") { client_push(env) }
         when "/health" then get_only(env) { health_answer(env) }
         when "/config" then get_only(env) { server_config.to_rack }
         when "/metrics" then get_only(env) { [200, TEXT_HEADERS.dup, [@metrics.render]] }
@@ -196,6 +200,16 @@ module Fastworker
         Result.json(200, "done", {"status" => "done", "reported" => reported})
       end
 
+      # Due jobs through the app's client middleware, as Sidekiq's poller pushes them (ClientPush).
+      def client_push(env)
+        return Result.unavailable(:booting) if @drain.state == :booting
+
+        members = Payload.parse_object(read_body(env), "body")["jobs"]
+        raise Payload::Invalid, "\"jobs\" must be an array of strings" unless members.is_a?(Array) && members.all?(String)
+
+        Result.json(200, "done", {"status" => "done", "jobs" => ClientPush.call(members)})
+      end
+
       # 503 while booting: :startup fires only once the app is booted, and the worker retries.
       def lifecycle_event(env)
         return Result.unavailable(:booting) if @drain.state == :booting
@@ -211,7 +225,7 @@ module Fastworker
         body = {"status" => @drain.ready? ? "ok" : @drain.state.to_s, "sidekiq" => ::Sidekiq::VERSION,
                 "rails" => rails_version, "protocol" => PROTOCOL_VERSION, "in_flight" => @drain.in_flight,
                 "capacity" => @drain.capacity, "workers" => @workers, "pid" => Process.pid, "batch" => true, "batch_max" => BATCH_LIMIT, "pipeline" => pipeline_depth,
-                "cancel" => true, "lifecycle" => true, "drain_timeout" => Sidecar.drain_timeout}
+                "cancel" => true, "lifecycle" => true, "client_middleware" => ClientPush.middleware?, "drain_timeout" => Sidecar.drain_timeout}
         Result.json(@drain.ready? ? 200 : 503, body["status"], body)
       end
 

@@ -9,7 +9,8 @@ module Fastworker
     # 7.x/8.x (`Sidekiq.default_configuration`). Everything else asks this module.
     #
     # Duties:
-    # 1. Find the reloader, the server middleware chain, the death handlers, the logger.
+    # 1. Find the reloader, the server and client middleware chains, the death handlers, the
+    #    logger, and the enqueued_at format.
     # 2. Call the error handlers the way the installed Sidekiq does (`handle_exception`).
     # 3. Build the job logger (the app's `job_logger` option, else Sidekiq::JobLogger) for the
     #    installed version (its constructor changed in 7.x).
@@ -43,6 +44,20 @@ module Fastworker
       def server_middleware
         cfg = config
         cfg ? cfg.server_middleware : ::Sidekiq.server_middleware
+      end
+
+      def client_middleware
+        cfg = config
+        cfg ? cfg.client_middleware : ::Sidekiq.client_middleware
+      end
+
+      # What raw_push writes as enqueued_at: integer ms since the epoch on 8.x, float seconds before.
+      def enqueued_at_now
+        if Gem::Version.new(::Sidekiq::VERSION) >= Gem::Version.new("8")
+          ::Process.clock_gettime(::Process::CLOCK_REALTIME, :millisecond)
+        else
+          ::Time.now.to_f
+        end
       end
 
       def death_handlers
