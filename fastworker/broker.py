@@ -175,6 +175,8 @@ class Broker:
         self._ack_fetch_script = HotScript(redis, scripts.ACK_FETCH)
         self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
         self._requeue_script = redis.register_script(scripts.REQUEUE)
+        self._hooks_step_script = redis.register_script(scripts.HOOKS_STEP)
+        self._hooks_claim_script = redis.register_script(scripts.HOOKS_CLAIM)
         self._queue_keys: list[str] = []
         for q in self.queues:
             self._queue_keys.append(keys.queue(q))
@@ -404,6 +406,40 @@ class Broker:
 
         await until_ok("kill", op, self.health, self._stop_flag)
         self.count(processed, failed)
+
+    # -- exhaustion hooks (hooks.py) ------------------------------------------------------------
+
+    async def park_for_hooks(self, queue: str, raw: bytes, entry: bytes, at: float,
+                             processed: int = 1, failed: int = 1) -> None:
+        """A finished, exhausted job leaves the in-progress list for the hooks set, atomically: from
+        now on it waits for its hooks there, and never runs again."""
+        async def op() -> None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zadd(self.keys.fw_hooks, {entry: at})
+                p.lrem(self.inprogress_key(queue), 1, raw)
+                await p.execute()
+
+        await until_ok("park_for_hooks", op, self.health, self._stop_flag)
+        self.count(processed, failed)
+
+    async def hooks_step(self, entry: bytes, dead_member: bytes | None, now: float, max_jobs: int, timeout: int,
+                         next_entry: bytes | None = None, next_at: float = 0.0) -> bool:
+        """One step of an entry done (see scripts.HOOKS_STEP); False if another process did it."""
+        async def op() -> Any:
+            return await self._hooks_step_script(
+                keys=[self.keys.fw_hooks, self.keys.dead],
+                args=[entry, dead_member or b"", repr(now), repr(now - timeout), max_jobs, next_entry or b"",
+                      repr(next_at)])
+
+        return bool(await until_ok("hooks_step", op, self.health, self._stop_flag))
+
+    async def claim_hooks(self, now: float, lease: float, n: int) -> list[bytes]:
+        """Up to ``n`` due entries of the hooks set, leased to this process until ``now + lease``."""
+        return list(await self._hooks_claim_script(keys=[self.keys.fw_hooks], args=[repr(now), repr(now + lease), n]))
+
+    async def hooks_later(self, entry: bytes, at: float) -> None:
+        """Try this entry again at ``at`` (the sidecar could not run its hooks)."""
+        await self.redis.zadd(self.keys.fw_hooks, {entry: at}, xx=True)
 
     async def drop(self, queue: str, raw: bytes, processed: int = 1, failed: int = 1) -> None:
         """Remove a finished job that goes nowhere (retry: false, discard)."""

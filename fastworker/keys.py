@@ -14,7 +14,7 @@ STATS_TTL = 5 * 365 * 24 * 60 * 60  # Sidekiq keeps daily stats five years
 class Keys:
     __slots__ = ("prefix", "queues", "schedule", "retry", "dead", "processes",
                  "stat_processed", "stat_failed", "fw_processes", "fw_recovered",
-                 "process_cleanup")
+                 "process_cleanup", "fw_hooks")
 
     def __init__(self, namespace: str = "") -> None:
         p = f"{namespace}:" if namespace else ""
@@ -31,6 +31,9 @@ class Keys:
         # in-progress lists, and a hash jid -> how many times a crash recovery requeued that job
         self.fw_processes = p + "fastworker:processes"
         self.fw_recovered = p + "fastworker:recovered"
+        # sorted set of exhausted jobs whose hooks (sidekiq_retries_exhausted, death handlers) have
+        # not all run yet, scored by when a process may next work on them (hooks.py)
+        self.fw_hooks = p + "fastworker:hooks"
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"

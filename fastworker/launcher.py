@@ -42,6 +42,7 @@ from .processor import Processor
 from .redis_url import connect
 from .recoverer import Recoverer
 from .scheduler import Scheduler
+from .hooks import Hooks
 from .sidecar_client import SidecarClient
 
 
@@ -109,15 +110,16 @@ class Launcher:
         self.job_metrics = JobMetrics.for_version(c.sidekiq_version, self.keys)  # None on 6.x
         self.metrics = Metrics(self)
         self.planner = BatchPlanner(c.total_concurrency, self.sidecar.offer)
+        self.hooks = Hooks(self.broker, self.sidecar, self.clock, c.dead_max_jobs, c.dead_timeout, self.metrics)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
                                    retry.Policy(c.max_retries, c.sidekiq_version), c.dead_max_jobs,
-                                   c.dead_timeout, self.planner, self.metrics)
+                                   c.dead_timeout, self.planner, self.hooks, self.metrics)
         self.manager = Manager(self.processor, self.limiter, self.broker, self.clock)
         self.fetcher = FetchPools(c, self.broker, self.manager, self.processor, self.breaker, self.planner,
                                   self.limiter)
         # the loops beside the job path, started before the fetcher so that what they watch exists
         # Lifecycle last: the sidecar's :startup fires once everything but the fetcher runs
-        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self), Lifecycle(self)):
+        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self), self.hooks, Lifecycle(self)):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()

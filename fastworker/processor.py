@@ -22,6 +22,7 @@ from .breaker import Breaker
 from .broker import Broker
 from .clock import Clock
 from .errors import SidecarUnavailable
+from .hooks import Hooks
 from .log import log
 from .batching import BatchPlanner
 from .sidecar_client import BadJob, Done, Failed, SidecarClient
@@ -46,8 +47,9 @@ class Work:
 class Processor:
     def __init__(self, broker: Broker, sidecar: SidecarClient, breaker: Breaker, clock: Clock,
                  policy: retry.Policy, dead_max_jobs: int, dead_timeout: int, planner: BatchPlanner,
-                 metrics: Any = None) -> None:
+                 hooks: Hooks, metrics: Any = None) -> None:
         self.broker = broker
+        self.hooks = hooks  # an exhausted job's hooks and dead-set write
         self.sidecar = sidecar
         self.breaker = breaker
         self.clock = clock
@@ -191,38 +193,23 @@ class Processor:
                      retry_count=decision.count, delay_s=round(decision.delay, 3),
                      error_class=failure.error_class)
             return
-        if isinstance(decision, retry.Discard):
-            if decision.job is not None:  # 8.x: the death handlers see the discarded job
-                try:
-                    await self.sidecar.exhausted(decision.job, failure, run_exhausted_block=False)
-                except SidecarUnavailable as exc:
-                    self.breaker.failure(exc.reason, exc.retry_after)
-                    await self._requeue([work], exc)
-                    return
+        if isinstance(decision, retry.Discard) and decision.job is None:
             await self.broker.drop(work.queue, env.raw)
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
             return
-        # exhausted (or retry: false): Ruby runs the hooks, then the morgue
-        try:
-            result = await self.sidecar.exhausted(decision.job, failure, decision.run_exhausted_block)
-        except SidecarUnavailable as exc:
-            # the hooks could not run: the job goes back untouched and will fail its way here again
-            self.breaker.failure(exc.reason, exc.retry_after)
-            await self._requeue([work], exc)
+        error: dict[str, Any] = {"class": failure.error_class, "message": failure.error_message}
+        if failure.backtrace is not None:
+            error["backtrace"] = failure.backtrace
+        if failure.body.get("stage") is not None:
+            error["stage"] = failure.body["stage"]
+        if isinstance(decision, retry.Discard):  # 8.x: the death handlers see the discarded job
+            assert decision.job is not None
+            log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
+            await self.hooks.exhausted(work.queue, env.raw, decision.job, error, run_block=False, to_dead=False)
             return
-        if decision.to_dead_set and result != "discard":
-            await self.broker.kill(work.queue, env.raw, retry.dump_job(decision.job), now,
-                                   self.dead_max_jobs, self.dead_timeout)
-            log.warn("job_dead", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
-                     retry_count=decision.job.get("retry_count"), error_class=failure.error_class,
-                     error_message=failure.error_message[:500])
-            if self.metrics is not None:
-                self.metrics.dead()
-        else:
-            await self.broker.drop(work.queue, env.raw)
-            log.info("job_dropped", jid=env.jid, **{"class": env.display_class}, queue=work.queue,
-                     reason="retry disabled" if not decision.run_exhausted_block else
-                     ("dead: false" if not decision.to_dead_set else "retries_exhausted returned discard"))
+        # exhausted (or retry: false): the block, the morgue, the death handlers, and never a re-run
+        await self.hooks.exhausted(work.queue, env.raw, decision.job, error, decision.run_exhausted_block,
+                                   decision.to_dead_set)
 
     async def kill_bad(self, queue: str, raw: bytes, reason: str, error_class: str | None = None,
                        undecodable: bool = False) -> None:

@@ -203,3 +203,30 @@ table.insert(out, 1, dead)
 table.insert(out, 1, moved)
 return out
 """
+
+# A job's exhaustion hooks waiting their turn (hooks.py) live in the sorted set KEYS[1], scored by
+# when a process may next work on them. One step done: remove the entry (only if this call removed
+# it: a second process whose lease ran out changes nothing), then, as the step says, add the job to
+# the dead set (trimmed as Sidekiq trims it) and/or the entry for the next step.
+# KEYS[1] = the hooks set, KEYS[2] = dead; ARGV[1] = the entry, ARGV[2] = the dead member or "",
+# ARGV[3] = now, ARGV[4] = cutoff score, ARGV[5] = max dead jobs, ARGV[6] = the next entry or "",
+# ARGV[7] = its score. Returns 1 if this call removed the entry.
+HOOKS_STEP = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]))
+end
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[1], ARGV[7], ARGV[6]) end
+return 1
+"""
+
+# Claim up to ARGV[3] entries of the hooks set KEYS[1] that are due (score <= ARGV[1]): each is
+# re-scored to ARGV[2] (now + a lease), so no other process takes it while this one works on it.
+# Returns the claimed entries.
+HOOKS_CLAIM = """
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+for _, entry in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], entry) end
+return due
+"""

@@ -4,8 +4,8 @@ Duties:
 1. ``perform(raw, jid)``: POST /perform with the job's original bytes and ``Idempotency-Key``;
    map the answer to Done, Failed (the job raised: spends a retry) or raise SidecarUnavailable
    (connection error, timeout, 5xx, 503/429: requeue for free).
-2. ``exhausted(job, error, ...)``: POST /exhausted so Ruby runs sidekiq_retries_exhausted and the
-   death handlers; returns the block's result ("discard" or None).
+2. ``exhausted(job, error, ..., phase)``: POST /exhausted so Ruby runs sidekiq_retries_exhausted
+   ("block") or the death handlers ("death"); returns the block's result ("discard" or None).
 3. ``perform_batch(raws, jids)``: several jobs in one POST /perform_batch, one outcome each;
 4. ``health()``: GET /health, used by the breaker's half-open probe and /readyz; it also learns
    what the sidecar offers (batches, how many processes serve it, its body limit).
@@ -39,6 +39,7 @@ from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeou
 _JSON = "application/json"
 CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blocks (Drain::HARD_STOP_GRACE)
 LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the request
+HOOKS_TIMEOUT = 30.0  # the app's retries_exhausted block or death handlers run inside the request
 CLIENT_PUSH_TIMEOUT = 10.0  # the app's client middleware runs inside the request (500 jobs at most)
 
 
@@ -227,19 +228,16 @@ class SidecarClient:
                                               interrupted=st == "shutdown"))
         return out
 
-    async def exhausted(self, job: dict[str, Any], failure: Failed,
-                        run_exhausted_block: bool = True) -> str | None:
-        """Run sidekiq_retries_exhausted (unless told not to) and the death handlers in Ruby."""
+    async def exhausted(self, job: dict[str, Any], error: dict[str, Any], run_exhausted_block: bool = True,
+                        phase: str = "all") -> str | None:
+        """One phase of an exhausted job's hooks in Ruby (hooks.py): "block" (sidekiq_retries_exhausted,
+        unless told not to), "death" (the death handlers) or "all" (both); returns the block's result
+        ("discard" or None). Raises SidecarUnavailable when it did not run, or got no answer in
+        HOOKS_TIMEOUT (it is not a job's request: neither --job-timeout nor the hang watchdog apply)."""
         from .retry import dump_job  # integers beyond 64 bits survive
 
-        error: dict[str, Any] = {"class": failure.error_class, "message": failure.error_message}
-        if failure.backtrace is not None:
-            error["backtrace"] = failure.backtrace
-        if failure.body.get("stage") is not None:
-            error["stage"] = failure.body["stage"]
-        payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block})
-        # a hang here is a hang too: the watchdog sends the job back to its queue
-        resp = await self._post("/exhausted", payload, {"Content-Type": _JSON})
+        payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block, "phase": phase})
+        resp = await self._post("/exhausted", payload, {"Content-Type": _JSON}, control_timeout=HOOKS_TIMEOUT)
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise SidecarUnavailable(f"/exhausted answered {status}: {_excerpt(body)}", status, _retry_after(headers))

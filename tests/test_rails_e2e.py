@@ -142,6 +142,23 @@ def test_exhausted_job_runs_its_block_then_the_death_handlers_and_lands_in_the_d
     assert dead == {"jid": jid, "cls": "RuntimeError"}
 
 
+def test_exhaustion_hooks_get_the_live_exception_in_sidekiqs_order(db, rworker, redis_url):
+    """JobRetry#retries_exhausted: the block (the job not yet in the dead set), the dead-set write,
+    then the death handlers (the job there); both hooks get the job's own exception object, its
+    attribute and its cause intact, not a stand-in rebuilt from the class name and message."""
+    jid = enqueue('puts TenantWorker.perform_async("acme").to_json')
+    rworker("-c", "1")
+    wait_until(lambda: events(db, "death"), 20, 0.1, "the death handler")
+    [block], [death] = events(db, "exhausted"), events(db, "death")
+    assert block["jid"] == death["jid"] == jid
+    for hook in (block, death):
+        assert hook["error_class"] == "TenantError" and hook["error_message"] == "tenant acme is suspended"
+        assert (hook["details"]["tenant"], hook["details"]["cause"]) == ("acme", "billing said no")
+    assert block["details"]["in_dead_set"] is False and death["details"]["in_dead_set"] is True
+    dead = ruby_json(redis_url, 'd = Sidekiq::DeadSet.new.first; puts({jid: d.jid, cls: d["error_class"]}.to_json)')
+    assert dead == {"jid": jid, "cls": "TenantError"}
+
+
 def test_activejob_hooks_and_retry_on(db, rworker, r):
     enqueue("""
       puts [DemoEnqueuer.enqueue("aj_hooks", 1).first, DemoEnqueuer.enqueue("retry_on", 1, failures: 1).first].to_json""")

@@ -72,8 +72,9 @@ def runs(stub, jid: str) -> list[dict]:
     return [json.loads(rec["raw"]) for rec in stub.stats()["records"] if rec["jid"] == jid]
 
 
-def exhausted_calls(stub, jid: str) -> list[dict]:
-    return [c for c in stub.stats()["exhausted"] if c["job"].get("jid") == jid]
+def exhausted_calls(stub, jid: str, phase: str | None = None) -> list[dict]:
+    """The /exhausted calls for ``jid`` (of one phase: "block" or "death"), in order."""
+    return [c for c in stub.stats()["exhausted"] if c["job"].get("jid") == jid and phase in (None, c.get("phase"))]
 
 
 def make_due(r: redis.Redis, key: str = "retry") -> None:
@@ -219,7 +220,8 @@ def test_14_20_integer_retry_is_exhausted_into_the_dead_set_after_exhausted_runs
     assert abs(dead["score"] - time.time()) < 10
     assert len(runs(stub, jid)) == 3
     calls = exhausted_calls(stub, jid)
-    assert len(calls) == 1 and calls[0]["run_exhausted_block"] is True
+    # the block, then (after the dead-set write) the death handlers: JobRetry#retries_exhausted's order
+    assert [c["phase"] for c in calls] == ["block", "death"] and calls[0]["run_exhausted_block"] is True
     assert calls[0]["job"] == item  # the hook saw the msg with its error fields, as the morgue stores it
     error = calls[0]["error"]  # the exception as Ruby rebuilds it for the hooks, backtrace included
     assert (error["class"], error["message"]) == ("RuntimeError", "two")
@@ -227,8 +229,43 @@ def test_14_20_integer_retry_is_exhausted_into_the_dead_set_after_exhausted_runs
 
     z = dead_entry(redis_url, zero)  # retry: 0 is truthy: dead at the first failure
     assert z["item"]["retry_count"] == 0 and z["failed_at_class"] == "Float" and len(runs(stub, zero)) == 1
-    assert len(exhausted_calls(stub, zero)) == 1
+    assert len(exhausted_calls(stub, zero)) == 2
     assert sets(redis_url)["retry"] == []
+
+
+def test_hooks_the_sidecar_cannot_run_wait_for_it_and_the_job_never_runs_again(redis_url, r, stub, worker):
+    """An exhausted job whose hooks cannot run (the sidecar answers /exhausted 503) waits for them in
+    fastworker's hooks set, not in a queue: it never runs again, even across a restart, and once
+    the sidecar takes hooks again the block, the dead set and the death handlers follow in order."""
+    stub.mode(None, exhausted_status=503)
+    w = worker("-c", "2", name="first")
+    zero = push(redis_url, '"class" => "FailJob", "args" => ["zero"], "retry" => 0')
+    wait_until(lambda: r.zcard("fastworker:hooks") == 1, 10, what="the job parked for its hooks")
+    assert w.stop() == 0
+    w2 = worker("-c", "2", name="second")  # another process finds the entry once its retry time comes
+    time.sleep(1.0)
+    assert len(runs(stub, zero)) == 1 and r.llen("queue:default") == 0
+    assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*")) and sets(redis_url)["dead"] == []
+    assert rb(redis_url, "s = Sidekiq::Stats.new; puts [s.processed, s.failed].to_json") == [1, 1]
+    stub.mode(None)
+    dead = dead_entry(redis_url, zero, timeout=20)
+    assert dead["item"]["retry_count"] == 0
+    wait_until(lambda: exhausted_calls(stub, zero, "death"), 10, what="the death handlers")
+    assert [c["phase"] for c in exhausted_calls(stub, zero)] == ["block", "death"]
+    assert r.zcard("fastworker:hooks") == 0 and len(runs(stub, zero)) == 1
+    assert w2.stop() == 0
+
+
+def test_hooks_that_outlast_the_job_timeout_still_finish(redis_url, r, stub, worker):
+    """--job-timeout bounds a job's request, not its exhaustion hooks: a slow death handler still
+    completes, and the job leaves the in-progress list for the dead set."""
+    stub.mode(None, exhausted_delay=1.5)
+    worker("-c", "2", "--job-timeout", "1")
+    zero = push(redis_url, '"class" => "FailJob", "args" => ["zero"], "retry" => 0')
+    assert dead_entry(redis_url, zero)["item"]["retry_count"] == 0
+    wait_until(lambda: r.zcard("fastworker:hooks") == 0, 10, what="both hooks done")
+    assert [c["phase"] for c in exhausted_calls(stub, zero)] == ["block", "death"]
+    assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*")) and len(runs(stub, zero)) == 1
 
 
 # -- 15, 16: retry false, dead false ---------------------------------------------------------------
@@ -237,7 +274,8 @@ def test_15_16_retry_false_and_dead_false_leave_no_entry_but_reach_the_death_han
     worker("-c", "2")
     no_retry = push(redis_url, '"class" => "FailJob", "args" => ["nr"], "retry" => false')
     no_dead = push(redis_url, '"class" => "FailJob", "args" => ["nd"], "retry" => 0, "dead" => false')
-    wait_until(lambda: exhausted_calls(stub, no_retry) and exhausted_calls(stub, no_dead), 10, what="/exhausted")
+    wait_until(lambda: exhausted_calls(stub, no_retry) and exhausted_calls(stub, no_dead, "death"), 10,
+               what="/exhausted")
     time.sleep(0.3)
     s = sets(redis_url)
     assert s["retry"] == [] and s["dead"] == []
@@ -246,9 +284,9 @@ def test_15_16_retry_false_and_dead_false_leave_no_entry_but_reach_the_death_han
                        what="the stats")
     assert stats == {"failed": 2, "processed": 2}
     nr, = exhausted_calls(stub, no_retry)
-    assert nr["run_exhausted_block"] is False  # JobRetry#global: death handlers only
+    assert nr["phase"] == "death"  # JobRetry#global: death handlers only
     assert "error_message" not in nr["job"] and nr["job"]["retry"] is False
-    nd, = exhausted_calls(stub, no_dead)
+    nd, = exhausted_calls(stub, no_dead, "block")
     assert nd["run_exhausted_block"] is True and nd["job"]["error_message"] == "nd"
     assert not any(r.llen(k) for k in r.keys("fastworker:inprogress:*"))  # both acked: nowhere to run again
 
@@ -290,7 +328,7 @@ def test_19_retry_in_from_the_sidecar(redis_url, r, stub, worker):
     e = retry_entry(redis_url, default)
     assert 15 <= e["score"] - e["item"]["failed_at"] < 25
     assert dead_entry(redis_url, kill)["item"]["retry_count"] == 0
-    assert len(exhausted_calls(stub, kill)) == 1
+    assert len(exhausted_calls(stub, kill)) == 2
     wait_until(lambda: runs(stub, discard), 5, what="the discarded job to run")
     time.sleep(0.3)
     s = sets(redis_url)
@@ -316,7 +354,7 @@ def test_19_discard_on_sidekiq_8_runs_the_death_handlers(redis_url, r, stub, wor
     discard = push(redis_url, '"class" => "DiscardJob", "args" => []')
     wait_until(lambda: exhausted_calls(stub, discard), 10, what="the death handlers of the discarded job")
     [call] = exhausted_calls(stub, discard)
-    assert call["run_exhausted_block"] is False and isinstance(call["job"]["discarded_at"], int)
+    assert call["phase"] == "death" and isinstance(call["job"]["discarded_at"], int)
     time.sleep(0.3)
     s = sets(redis_url)
     assert discard not in [x["jid"] for x in s["retry"] + s["dead"]]

@@ -79,8 +79,10 @@ class StubSidecar:
     def stats(self) -> dict[str, Any]:
         return http_json(self.url + "/_stats")
 
-    def mode(self, status: int | None, retry_after: float | None = None) -> None:
-        http_json(self.url + "/_mode", {"status": status, "retry_after": retry_after})
+    def mode(self, status: int | None, retry_after: float | None = None, exhausted_status: int | None = None,
+             exhausted_delay: float = 0.0) -> None:
+        http_json(self.url + "/_mode", {"status": status, "retry_after": retry_after,
+                                        "exhausted_status": exhausted_status, "exhausted_delay": exhausted_delay})
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:

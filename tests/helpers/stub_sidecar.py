@@ -53,6 +53,8 @@ class Stub:
         self.exhausted_calls: list[dict] = []
         self.control_calls: list[dict] = []  # /cancel and /lifecycle bodies, with "path"
         self.mode_status: int | None = None
+        self.exhausted_status: int | None = None  # /exhausted answers this instead of running hooks
+        self.exhausted_delay = 0.0  # seconds /exhausted takes (hooks that run long)
         self.retry_after: float | None = None
         self.batches = 0
         self.batch_sizes: list[int] = []
@@ -150,7 +152,12 @@ class Stub:
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     async def exhausted(self, request: web.Request) -> web.Response:
+        if self.exhausted_status is not None:
+            return web.Response(status=self.exhausted_status, body=b'{"status":"unavailable"}',
+                                content_type="application/json")
         self.exhausted_calls.append(orjson.loads(await request.read()))
+        if self.exhausted_delay:
+            await asyncio.sleep(self.exhausted_delay)
         return web.Response(body=b'{"status":"done","result":null}', content_type="application/json")
 
     async def control(self, request: web.Request) -> web.Response:
@@ -182,6 +189,8 @@ class Stub:
         body = orjson.loads(await request.read())
         self.mode_status = body.get("status")
         self.retry_after = body.get("retry_after")
+        self.exhausted_status = body.get("exhausted_status")
+        self.exhausted_delay = body.get("exhausted_delay") or 0.0
         return web.Response(body=b"{}")
 
     async def reset(self, request: web.Request) -> web.Response:

@@ -13,7 +13,16 @@ module Demo
     end
 
     def on_death(job, exception)
-      JobEvent.record!("death", job, exception)
+      JobEvent.record!("death", job, exception, seen(job, exception))
+    end
+
+    # What a hook was handed: the exception's own class and attributes, its cause, and whether
+    # the job is in the dead set at that moment.
+    def seen(job, exception)
+      require "sidekiq/api"
+      {"exception_class" => exception.class.name, "cause" => exception.cause&.message,
+       "tenant" => (exception.tenant if exception.respond_to?(:tenant)),
+       "in_dead_set" => !Sidekiq::DeadSet.new.find_job(job["jid"]).nil?}
     end
   end
 end

@@ -10,7 +10,8 @@ module Fastworker
     # 2. /perform: parse (400 when the body is not a job), hand over to the Executor, which
     #    admits it through the Drain (503 when booting, draining or at capacity) and runs it
     #    (200 / 422 / 503).
-    # 3. /exhausted: parse, run the Exhausted hooks, 200 (503 only while booting).
+    # 3. /exhausted: parse, run the Exhausted hooks of the phase asked (the block, the death
+    #    handlers, or both), 200 (503 only while booting).
     # 3a. /cancel {"jids": [...], "grace": s}: stop those running jobs with Sidekiq::Shutdown
     #    (Drain#cancel), 200 with what stopped. /lifecycle {"event", "identity", "timeout"}: a
     #    worker's startup/quiet/shutdown/beat, which fires Sidekiq's lifecycle events (Lifecycle).
@@ -168,8 +169,8 @@ module Fastworker
       def exhausted(env)
         return Result.unavailable(:booting) if @drain.state == :booting
 
-        job, error, run_block = Payload.parse_exhausted(read_body(env))
-        Result.json(200, "done", @exhausted.call(job, error, run_block: run_block))
+        job, error, run_block, phase = Payload.parse_exhausted(read_body(env))
+        Result.json(200, "done", @exhausted.call(job, error, run_block: run_block, phase: phase))
       end
 
       # Answered in every state: a draining sidecar still stops the jobs it is told to.

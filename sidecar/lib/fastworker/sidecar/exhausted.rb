@@ -5,29 +5,36 @@ module Fastworker
     # Exhausted: the Ruby half of "this job is dead", after the worker decided so.
     #
     # Duties (Sidekiq's JobRetry#retries_exhausted, 7.2–8.0.6 semantics):
-    # 1. Rebuild the exception from the reported class and message (RemoteError.build).
-    # 2. Run `sidekiq_retries_exhausted { |job, ex| }` (from the `wrapped` class when it
-    #    defines one, else the job class) with the worker's updated job hash; its errors go
-    #    to the error handlers. It is skipped, as in Sidekiq, when the job never had retries
-    #    (`retry` false/nil: JobRetry#global only calls the death handlers), when the error
-    #    happened before the job instance existed (`error.stage == "global"`, as the 422 said),
-    #    or when the worker sends `"run_exhausted_block": false`.
-    # 3. If the block returned :discard, report "discard" and skip the death handlers
-    #    (Sidekiq 7.2.0–8.0.6; 8.0.7+ would still run them). Otherwise run every death handler
-    #    with (job, exception), each one's errors reported and the others still run.
+    # 1. The exception: the job's live one when this process ran it and still holds it
+    #    (Failures), else one rebuilt from the reported class and message (RemoteError.build).
+    # 2. Phase "block" (or "all"): run `sidekiq_retries_exhausted { |job, ex| }` (from the
+    #    `wrapped` class when it defines one, else the job class) with the worker's updated job
+    #    hash; its errors go to the error handlers. It is skipped, as in Sidekiq, when the job
+    #    never had retries (`retry` false/nil: JobRetry#global only calls the death handlers),
+    #    when the error happened before the job instance existed (`error.stage == "global"`, as
+    #    the 422 said), or when the worker sends `"run_exhausted_block": false`. If it returned
+    #    :discard, report "discard".
+    # 3. Phase "death" (or "all", unless the block said discard): every death handler with (job,
+    #    exception), each one's errors reported and the others still run. The worker asks for it
+    #    after its dead-set write, so a handler finds the job in the dead set, as under Sidekiq.
     # 4. Everything runs inside the Rails reloader (a unit of work, like a job) and the
     #    job's logging context. The sidecar never writes the dead set: the worker does.
     class Exhausted
-      def call(job, error, run_block: true)
+      PHASES = %w[all block death].freeze
+
+      def call(job, error, run_block: true, phase: "all")
+        raise ArgumentError, "\"phase\" must be one of #{PHASES.join(", ")}" unless PHASES.include?(phase)
+
         result = nil
         ran = 0
         logger = Compat.job_logger
         logger.prepare(job) do
           Compat.reloader.call do
-            exception = RemoteError.build(error["class"], error["message"], error["backtrace"])
+            exception = Failures.fetch(job["jid"], forget: phase != "block") ||
+              RemoteError.build(error["class"], error["message"], error["backtrace"])
             job_class = lookup(job["class"])
-            result = run_exhausted_block(job, job_class, exception, error) if run_block
-            ran = run_death_handlers(job, exception) unless result == "discard"
+            result = run_exhausted_block(job, job_class, exception, error) if run_block && phase != "death"
+            ran = run_death_handlers(job, exception) unless result == "discard" || phase == "block"
           end
         end
         {"jid" => job["jid"], "status" => "done", "result" => result, "death_handlers" => ran}

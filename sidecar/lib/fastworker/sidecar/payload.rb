@@ -20,7 +20,8 @@ module Fastworker
       end
 
       # The /exhausted body: {"job": {...}, "error": {"class": ..., "message": ...},
-    # "run_exhausted_block": true|false (optional, default true)}.
+    # "run_exhausted_block": true|false (optional, default true), "phase": "all"|"block"|"death"
+    # (optional, default "all")}.
       def self.parse_exhausted(raw)
         body = parse_object(raw, "body")
         job = body["job"]
@@ -33,7 +34,10 @@ module Fastworker
         run_block = body.fetch("run_exhausted_block", true)
         raise Invalid, "\"run_exhausted_block\" must be true or false" unless [true, false].include?(run_block)
 
-        [validate_job(job), error, run_block]
+        phase = body.fetch("phase", "all")
+        raise Invalid, "\"phase\" must be one of #{Exhausted::PHASES.join(", ")}" unless Exhausted::PHASES.include?(phase)
+
+        [validate_job(job), error, run_block, phase]
       end
 
       def self.parse_object(raw, what)
