@@ -34,7 +34,7 @@ from . import limits
 from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
 from .log import log
-from .sidecar_http import Response, SidecarHTTP, TransportError, TransportTimeout
+from .sidecar_http import Response, SidecarHTTP, TransportError
 
 _JSON = "application/json"
 CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blocks (Drain::HARD_STOP_GRACE)
@@ -128,10 +128,11 @@ class SidecarClient:
             self.control = None
 
     async def _post(self, path: str, data: bytes, headers: dict[str, str],
-                    control_timeout: float | None = None, pipelined: bool = False) -> Response:
+                    control_timeout: float | None = None, pipelined: bool = False,
+                    jids: list[str] | None = None) -> Response:
         """POST: the answer. A connection error or timeout raises SidecarUnavailable (JobTimedOut
-        past --job-timeout). While it waits, the request counts for the hang watchdog; a control
-        request (``control_timeout`` given) goes over the control connection and does not."""
+        past --job-timeout, for a job request: ``jids`` given). While it waits, the request counts for
+        the hang watchdog; a control request (``control_timeout`` given) does not."""
         if control_timeout is not None:
             # /lifecycle on its own connection (one sidecar process sees a worker's whole
             # lifecycle); /cancel beside the jobs' requests, never queued behind a slow /lifecycle
@@ -147,20 +148,39 @@ class SidecarClient:
                 raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         assert self.http is not None
         task = asyncio.current_task()
-        started = self.outstanding[task] = time.monotonic()
+        self.outstanding[task] = time.monotonic()
+        request = self.http.request("POST", path, data, self._signed("POST", path, data, headers),
+                                    None, pipelined)
         try:
-            resp = await self.http.request("POST", path, data, self._signed("POST", path, data, headers),
-                                           self.job_timeout or None, pipelined)
+            resp = await (request if not self.job_timeout or jids is None else self._cutting_off(request, jids))
             self.last_answer = time.monotonic()
             return resp
-        except TransportTimeout as exc:
-            if self.job_timeout and time.monotonic() - started >= self.job_timeout * 0.99:
-                raise JobTimedOut(self.job_timeout) from exc
-            raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except TransportError as exc:
             raise SidecarUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.outstanding.pop(task, None)
+
+    async def _cutting_off(self, request: Any, jids: list[str]) -> Response:
+        """``request``, cut off at --job-timeout: the jobs still running are stopped (POST /cancel)
+        and the answer is awaited a little longer, so that it says which jobs finished in time
+        (kept as they ended), which one was stopped ("shutdown": it timed out) and which never
+        started (not attempted: requeued). Raises JobTimedOut only if no answer comes even then."""
+        pending = asyncio.ensure_future(request)
+        try:
+            done, _ = await asyncio.wait({pending}, timeout=self.job_timeout)
+            if not done:
+                await self.cancel(jids)
+                done, _ = await asyncio.wait({pending}, timeout=CANCEL_GRACE + 2.0)
+                if not done:
+                    raise JobTimedOut(self.job_timeout)
+                resp = pending.result()
+                resp.cut_off = True
+                return resp
+            return pending.result()
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     async def _get(self, path: str, timeout: float) -> Response | None:
         """GET with a timeout; None when no answer came back."""
@@ -175,11 +195,12 @@ class SidecarClient:
         """Done or Failed (the job raised, or ran past --job-timeout) or BadJob (400); raises
         SidecarUnavailable."""
         try:
-            resp = await self._post("/perform", raw, {"Content-Type": _JSON, "Idempotency-Key": jid})
+            resp = await self._post("/perform", raw, {"Content-Type": _JSON, "Idempotency-Key": jid}, jids=[jid])
         except JobTimedOut as exc:
-            await self.cancel([jid])  # it must not run on while its retry is scheduled
             return exc.failure()
         status, body, headers = resp.status, resp.body, resp.headers
+        if resp.cut_off and status == 503 and _field(body, "status") == "shutdown":
+            return JobTimedOut(self.job_timeout).failure()  # stopped at --job-timeout
         if status == 200:
             return _done(body)
         if status == 422:
@@ -200,9 +221,8 @@ class SidecarClient:
         try:
             resp = await self._post("/perform_batch", b"\n".join(raws),
                                     {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)},
-                                    pipelined=True)
+                                    pipelined=True, jids=jids)
         except JobTimedOut as exc:
-            await self.cancel(jids)
             return [exc.failure() for _ in raws]
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
@@ -223,6 +243,8 @@ class SidecarClient:
                 out.append(_failed_from(item))
             elif st == "bad_request":
                 out.append(BadJob(str(item.get("error"))))
+            elif st == "shutdown" and resp.cut_off:  # the one running at --job-timeout, stopped
+                out.append(JobTimedOut(self.job_timeout).failure())
             else:
                 out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}",
                                               interrupted=st == "shutdown"))

@@ -47,12 +47,13 @@ class TransportTimeout(TransportError):
 
 
 class Response:
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "headers", "body", "cut_off")
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status = status
         self.headers = headers  # lower-cased names
         self.body = body
+        self.cut_off = False  # it came after the caller stopped its jobs at their deadline
 
 
 class _Conn(asyncio.Protocol):

@@ -152,3 +152,24 @@ def test_due_jobs_pass_through_the_apps_client_middleware_as_sidekiqs_poller_pus
         [event] = [dict(e) for e in db.execute("SELECT * FROM job_events WHERE event = 'error'")]
         assert event["jid"] == "boom".ljust(24, "0") and event["error_message"] == "tenant unknown"
         assert w.stop() == 0
+
+
+def test_a_batch_cut_off_at_job_timeout_keeps_what_finished_and_requeues_what_never_started(db, worker, r):
+    """--job-timeout on a /perform_batch: the job running at the deadline is stopped and spends a
+    retry (Fastworker::JobTimeout); the jobs of the batch that finished stay done and the ones that
+    never started are requeued and run, none of them marked failed."""
+    with rails.start_sidecar(URL, threads=8) as sidecar:
+        w = worker("-q", "default", "-c", "8", "--job-timeout", "1", sidecar_url=sidecar.url)
+        ruby(URL, 'Sidekiq::Client.push_bulk("class" => "HangWorker", "args" => Array.new(400) { [0] })')
+        wait_until(lambda: r.llen("queue:default") == 0, 20, 0.05, "the warm-up jobs taken")
+        assert 'endpoint="perform_batch"' in sidecar.metrics(), "HangWorker runs in batches"
+        jids = ruby_json(URL, 'puts Sidekiq::Client.push_bulk("class" => "HangWorker", '
+                              '"args" => [[0], [0], [3], [0], [0], [0], [0], [0]]).to_json')
+        stalled = jids[2]
+        entry = wait_until(lambda: r.zrange("retry", 0, -1), 15, 0.05, "the stalled job's retry entry")
+        time.sleep(1.5)
+        assert [json.loads(m)["jid"] for m in r.zrange("retry", 0, -1)] == [stalled]
+        assert json.loads(entry[0])["error_class"] == "Fastworker::JobTimeout"
+        done = {e["jid"] for e in w.events("job_done")}
+        assert set(jids) - {stalled} <= done and r.llen("queue:default") == 0
+        assert w.stop() == 0

@@ -110,18 +110,25 @@ class Sidecar:
     def health(self, timeout: float = 2.0) -> tuple[int, Any]:
         """(status, body) of GET /health, signed as the worker signs it when a secret is set (an
         unsigned caller sees only the public fields); (0, None) when nothing answers."""
-        from fastworker import signing
-        secret = signing.load_secret(os.environ)
-        headers = signing.Signer(secret).headers("GET", "/health", b"", "") if secret else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(self.url + "/health", headers=headers),
-                                        timeout=timeout) as resp:
+            with self._get("/health", timeout) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             with exc:
                 return exc.code, json.loads(exc.read() or b"null")
         except OSError:
             return 0, None
+
+    def metrics(self, timeout: float = 5.0) -> str:
+        """GET /metrics (signed), the Prometheus text."""
+        with self._get("/metrics", timeout) as resp:
+            return resp.read().decode()
+
+    def _get(self, path: str, timeout: float) -> Any:
+        from fastworker import signing
+        secret = signing.load_secret(os.environ)
+        headers = signing.Signer(secret).headers("GET", path, b"", "") if secret else {}
+        return urllib.request.urlopen(urllib.request.Request(self.url + path, headers=headers), timeout=timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

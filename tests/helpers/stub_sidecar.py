@@ -3,7 +3,7 @@
 For worker-only tests, fault injection and benchmarks; the real sidecar is sidecar/ (Rails).
 Behaviour by the job's class:
   FailJob       -> 422 RuntimeError, message = args[0] (or "boom"); "backtrace": 3 fake lines
-  SlowJob       -> sleeps args[0] seconds, then 200
+  SlowJob       -> sleeps args[0] seconds, then 200 (503 "shutdown" at once on a /cancel of its jid)
   KillJob       -> 422 with retry_in "kill";  DiscardJob -> 422 with retry_in "discard"
   RetryInJob    -> 422 with retry_in = args[0]
   DeepFailJob   -> 422 RuntimeError with a 12-line backtrace ("frame 0" ... "frame 11")
@@ -55,6 +55,7 @@ class Stub:
         self.mode_status: int | None = None
         self.exhausted_status: int | None = None  # /exhausted answers this instead of running hooks
         self.exhausted_delay = 0.0  # seconds /exhausted takes (hooks that run long)
+        self.cancellable: dict[str, asyncio.Event] = {}  # running SlowJobs a /cancel stops
         self.retry_after: float | None = None
         self.batches = 0
         self.batch_sizes: list[int] = []
@@ -104,8 +105,16 @@ class Stub:
             failure = _other_failure(job, klass)
             if failure is not None:
                 return web.Response(status=422, body=failure, content_type="application/json")
-            if klass == "SlowJob":
-                await asyncio.sleep(float(args[0]))
+            if klass == "SlowJob":  # stops at a /cancel of its jid, as Sidekiq::Shutdown stops it
+                stop = self.cancellable[job.get("jid")] = asyncio.Event()
+                try:
+                    await asyncio.wait_for(stop.wait(), float(args[0]))
+                    return web.Response(status=503, body=orjson.dumps({"jid": job.get("jid"), "status": "shutdown"}),
+                                        content_type="application/json")
+                except TimeoutError:
+                    pass
+                finally:
+                    self.cancellable.pop(job.get("jid"), None)
             elif klass in ("FailJob", "KillJob", "DiscardJob", "RetryInJob"):
                 retry_in = {"KillJob": "kill", "DiscardJob": "discard"}.get(klass)
                 if klass == "RetryInJob":
@@ -165,7 +174,12 @@ class Stub:
         body = orjson.loads(await request.read())
         self.control_calls.append(dict(body, path=request.path))
         if request.path == "/cancel":
-            return web.Response(body=orjson.dumps({"stopped": [], "running": [], "unknown": body.get("jids", [])}),
+            jids = body.get("jids", [])
+            stopped = [j for j in jids if j in self.cancellable]
+            for j in stopped:
+                self.cancellable[j].set()
+            return web.Response(body=orjson.dumps({"stopped": stopped, "running": [],
+                                                   "unknown": [j for j in jids if j not in stopped]}),
                                 content_type="application/json")
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
