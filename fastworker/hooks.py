@@ -25,13 +25,13 @@ Duties:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .broker import REDIS_ERRORS, Broker
-from .clock import Clock, wait_event
+from .clock import Clock
 from .errors import SidecarUnavailable
 from .log import log
+from .poll_loop import PollLoop
 from .retry import dump_job, load_job
 
 LEASE = 60.0  # seconds a process has to finish a step before another may take the entry
@@ -40,18 +40,18 @@ INTERVAL = 5.0  # seconds between the loop's looks for entries that wait
 CLAIM = 20  # entries taken per tick at most
 
 
-class Hooks:
+class Hooks(PollLoop):
+    name = "hooks"
+
     def __init__(self, broker: Broker, sidecar: Any, clock: Clock, dead_max_jobs: int, dead_timeout: int,
                  metrics: Any = None) -> None:
+        super().__init__()
         self.broker = broker
         self.sidecar = sidecar
         self.clock = clock
         self.dead_max_jobs = dead_max_jobs
         self.dead_timeout = dead_timeout
         self.metrics = metrics
-        self._done = False
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # -- one job -------------------------------------------------------------------------------
 
@@ -101,35 +101,10 @@ class Hooks:
             log.info("job_dropped", **fields, reason="retry disabled" if not data["run_block"] else
                      ("retries_exhausted returned discard" if result == "discard" else "dead: false"))
 
-    # -- lifecycle (the launcher's component protocol) -----------------------------------------
+    # -- the loop (PollLoop: start, quiet, stop) -------------------------------------------------
 
-    async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="hooks")
-
-    def quiet(self) -> None:
-        self._done = True
-        if self._wake is not None:
-            self._wake.set()
-
-    def stopping(self) -> None:
-        self.quiet()
-
-    async def stop(self) -> None:
-        self.quiet()
-        task, self._task = self._task, None
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-
-    # -- the loop ------------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        while not self._done:
-            await self.poll()
-            if self._done:
-                break
-            assert self._wake is not None
-            await wait_event(self._wake, INTERVAL)
+    def interval(self) -> float:
+        return INTERVAL
 
     async def poll(self) -> int:
         """One tick with its errors handled; returns how many entries it worked on."""

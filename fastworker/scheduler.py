@@ -33,7 +33,6 @@ Duties:
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 from collections.abc import Callable
@@ -41,9 +40,9 @@ from typing import Any
 
 from . import scripts
 from .broker import REDIS_ERRORS
-from .clock import wait_event
 from .errors import SidecarUnavailable
 from .log import log
+from .poll_loop import PollLoop
 from .retry import dead_member_for, dump_job, load_job
 
 BATCH = 500
@@ -103,8 +102,11 @@ def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
         raise BadMember(f"cannot be written back as JSON: {exc}") from None
 
 
-class Scheduler:
+class Scheduler(PollLoop):
+    name = "scheduler"
+
     def __init__(self, launcher: Any, batch: int = BATCH, rand: Callable[[], float] = random.random) -> None:
+        super().__init__()
         c = launcher.config
         self.redis = launcher.redis
         self.keys = launcher.keys
@@ -121,52 +123,17 @@ class Scheduler:
         self.sets = ((self.keys.retry, "retry"), (self.keys.schedule, "schedule"))
         self._move = self.redis.register_script(scripts.MOVE_DUE)
         self._kill = self.redis.register_script(scripts.KILL_FROM_SET)
-        self._done = False
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
         # running totals (for metrics and tests)
         self.polls = 0
         self.moved = 0
         self.killed = 0
 
-    # -- lifecycle (the launcher's component protocol) -----------------------------------------
-
-    async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="scheduler")
-
-    def quiet(self) -> None:
-        """Stop scheduling: a quiet process neither enqueues scheduled jobs nor moves retries."""
-        self._done = True
-        if self._wake is not None:
-            self._wake.set()
-
-    def stopping(self) -> None:
-        self.quiet()
-
-    async def stop(self) -> None:
-        self.quiet()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        done, _ = await asyncio.wait([task], timeout=5.0)
-        if not done:  # stuck on Redis: the script is atomic, so cancelling loses nothing
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    # -- the loop ------------------------------------------------------------------------------
+    # -- the loop (PollLoop: start, quiet, stop; a quiet process neither enqueues scheduled jobs
+    #    nor moves retries) -----------------------------------------------------------------
 
     def interval(self) -> float:
         """Seconds to the next poll: uniform in [0.5, 1.5) x poll_interval."""
         return self.poll_interval * (0.5 + self.rand())
-
-    async def run(self) -> None:
-        while not self._done:
-            await self.poll()
-            if self._done:
-                break
-            assert self._wake is not None
-            await wait_event(self._wake, self.interval())
 
     async def poll(self) -> int:
         """One poll with its errors handled; returns how many jobs moved."""
