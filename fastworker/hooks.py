@@ -56,10 +56,11 @@ class Hooks(PollLoop):
     # -- one job -------------------------------------------------------------------------------
 
     async def exhausted(self, queue: str, raw: bytes, job: dict[str, Any], error: dict[str, Any],
-                        run_block: bool, to_dead: bool) -> None:
-        """Park the job for its hooks (duty 1), then run them (duty 2)."""
+                        run_block: bool, to_dead: bool, pid: str | None = None) -> None:
+        """Park the job for its hooks (duty 1), then run them (duty 2). ``pid``: the sidecar
+        process that ran the job, asked first for its hooks (it holds the live exception)."""
         entry = dump_job({"step": "block", "queue": queue, "job": job, "error": error,
-                          "run_block": run_block, "to_dead": to_dead})
+                          "run_block": run_block, "to_dead": to_dead, "pid": pid})
         await self.broker.park_for_hooks(queue, raw, entry, self.clock.now() + LEASE)
         await self.run_entry(entry)
 
@@ -71,7 +72,8 @@ class Hooks(PollLoop):
             if data["step"] == "block":
                 result = None
                 if data["run_block"]:
-                    result = await self.sidecar.exhausted(job, error, data["run_block"], phase="block")
+                    result = await self.sidecar.exhausted(job, error, data["run_block"], phase="block",
+                                                          pid=data.get("pid"))
                 nxt = None if result == "discard" else dump_job({**data, "step": "death"})
                 dead = dump_job(job) if data["to_dead"] and nxt is not None else None
                 now = self.clock.now()
@@ -82,7 +84,7 @@ class Hooks(PollLoop):
                 if nxt is None:
                     return
                 entry = nxt
-            await self.sidecar.exhausted(job, error, False, phase="death")
+            await self.sidecar.exhausted(job, error, False, phase="death", pid=data.get("pid"))
             await self.broker.hooks_step(entry, None, self.clock.now(), self.dead_max_jobs, self.dead_timeout)
         except SidecarUnavailable as exc:
             log.warn("hooks_waiting", jid=job.get("jid"), step=load_job(entry)["step"],

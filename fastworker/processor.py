@@ -205,11 +205,12 @@ class Processor:
         if isinstance(decision, retry.Discard):  # 8.x: the death handlers see the discarded job
             assert decision.job is not None
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
-            await self.hooks.exhausted(work.queue, env.raw, decision.job, error, run_block=False, to_dead=False)
+            await self.hooks.exhausted(work.queue, env.raw, decision.job, error, run_block=False, to_dead=False,
+                                       pid=failure.pid)
             return
         # exhausted (or retry: false): the block, the morgue, the death handlers, and never a re-run
         await self.hooks.exhausted(work.queue, env.raw, decision.job, error, decision.run_exhausted_block,
-                                   decision.to_dead_set)
+                                   decision.to_dead_set, failure.pid)
 
     async def kill_bad(self, queue: str, raw: bytes, reason: str, error_class: str | None = None,
                        undecodable: bool = False) -> None:

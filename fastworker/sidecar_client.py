@@ -62,6 +62,7 @@ class Failed:
     retry_in: int | str | None
     class_retry: Any  # the class's sidekiq_options retry, reported when the payload lacks "retry"
     body: dict[str, Any]
+    pid: str | None = None  # the sidecar process that ran it (it holds the live exception for the hooks)
 
     @property
     def runtime_ms(self) -> float | None:
@@ -129,7 +130,7 @@ class SidecarClient:
 
     async def _post(self, path: str, data: bytes, headers: dict[str, str],
                     control_timeout: float | None = None, pipelined: bool = False,
-                    jids: list[str] | None = None) -> Response:
+                    jids: list[str] | None = None, prefer_pid: str | None = None) -> Response:
         """POST: the answer. A connection error or timeout raises SidecarUnavailable (JobTimedOut
         past --job-timeout, for a job request: ``jids`` given). While it waits, the request counts for
         the hang watchdog; a control request (``control_timeout`` given) does not."""
@@ -141,7 +142,8 @@ class SidecarClient:
                 raise SidecarUnavailable("client closed")
             try:
                 async with asyncio.timeout(control_timeout):  # waiting for a free connection too
-                    return await http.request("POST", path, data, self._signed("POST", path, data, headers))
+                    return await http.request("POST", path, data, self._signed("POST", path, data, headers),
+                                              prefer_pid=prefer_pid)
             except TimeoutError as exc:
                 raise SidecarUnavailable(f"no answer within {control_timeout:g} s") from exc
             except TransportError as exc:
@@ -204,7 +206,9 @@ class SidecarClient:
         if status == 200:
             return _done(body)
         if status == 422:
-            return _failed(body)
+            failure = _failed(body)
+            failure.pid = headers.get("x-fastworker-pid")
+            return failure
         if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
             return BadJob(_reason(body))
         raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
@@ -240,7 +244,9 @@ class SidecarClient:
                 rt = item.get("runtime_ms")
                 out.append(Done(rt if isinstance(rt, (int, float)) else None, item.get("skipped") is True))
             elif st == "failed":
-                out.append(_failed_from(item))
+                failure = _failed_from(item)
+                failure.pid = headers.get("x-fastworker-pid")
+                out.append(failure)
             elif st == "bad_request":
                 out.append(BadJob(str(item.get("error"))))
             elif st == "shutdown" and resp.cut_off:  # the one running at --job-timeout, stopped
@@ -251,15 +257,17 @@ class SidecarClient:
         return out
 
     async def exhausted(self, job: dict[str, Any], error: dict[str, Any], run_exhausted_block: bool = True,
-                        phase: str = "all") -> str | None:
+                        phase: str = "all", pid: str | None = None) -> str | None:
         """One phase of an exhausted job's hooks in Ruby (hooks.py): "block" (sidekiq_retries_exhausted,
         unless told not to), "death" (the death handlers) or "all" (both); returns the block's result
         ("discard" or None). Raises SidecarUnavailable when it did not run, or got no answer in
-        HOOKS_TIMEOUT (it is not a job's request: neither --job-timeout nor the hang watchdog apply)."""
+        HOOKS_TIMEOUT (it is not a job's request: neither --job-timeout nor the hang watchdog apply).
+        ``pid``: the sidecar process that ran the job, asked first (it holds the live exception)."""
         from .retry import dump_job  # integers beyond 64 bits survive
 
         payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block, "phase": phase})
-        resp = await self._post("/exhausted", payload, {"Content-Type": _JSON}, control_timeout=HOOKS_TIMEOUT)
+        resp = await self._post("/exhausted", payload, {"Content-Type": _JSON}, control_timeout=HOOKS_TIMEOUT,
+                                prefer_pid=pid)
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise SidecarUnavailable(f"/exhausted answered {status}: {_excerpt(body)}", status, _retry_after(headers))

@@ -205,9 +205,10 @@ class SidecarHTTP:
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
-                      pipelined: bool = False) -> Response:
+                      pipelined: bool = False, prefer_pid: str | None = None) -> Response:
         """One request; raises TransportError when no complete answer came back. ``pipelined``: it
-        may queue behind other pipelined requests on one connection (duty 4)."""
+        may queue behind other pipelined requests on one connection (duty 4). ``prefer_pid``: an
+        idle connection to that sidecar process, when there is one."""
         data = self._encode(method, path, body, headers)
         piped = pipelined and self.depth > 1
         if piped:
@@ -215,7 +216,7 @@ class SidecarHTTP:
             if conn is not None:  # rides on a connection already in use: no slot of its own
                 return await self._exchange(conn, data, timeout)
         async with self._slot:
-            conn = await self._acquire()
+            conn = await self._acquire(prefer_pid)
             if piped:
                 self._piping.add(conn)
             return await self._exchange(conn, data, timeout)
@@ -268,10 +269,15 @@ class SidecarHTTP:
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         return b"".join(head) + body
 
-    async def _acquire(self) -> _Conn:
+    async def _acquire(self, prefer_pid: str | None = None) -> _Conn:
         idle = self._idle
         for conn in [c for c in idle if c.closed]:
             self._discard(conn)
+        if prefer_pid is not None:
+            for conn in reversed(idle):
+                if conn.pid == prefer_pid:
+                    idle.remove(conn)
+                    return conn
         if idle:
             load = self._load
             # the most recently used first: its Puma thread is still waiting on it (Puma's fast

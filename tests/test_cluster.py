@@ -4,6 +4,7 @@ Puma worker process, the jobs it ran; Ruby's Sidekiq client enqueues."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -38,3 +39,21 @@ def test_slow_jobs_use_every_slot_of_both_puma_workers(redis_url, r, worker, clu
     per_pid = {pid.decode(): int(n) for pid, n in r.hgetall("slow").items()}
     assert len(per_pid) == 2 and min(per_pid.values()) >= 10, per_pid
     assert w.events("job_requeued") == []
+
+
+def test_exhaustion_hooks_reach_the_puma_worker_that_holds_the_live_exception(redis_url, r, worker, cluster):
+    """Each exhausted job's hooks go to the Puma worker that ran it: both hooks get its own
+    exception object (its attribute and cause), whichever worker that was."""
+    db = rails.clean_db()
+    try:
+        tenants = [f"t{i}" for i in range(12)]
+        rails.rails_json(f"puts {tenants!r}.map {{ |t| TenantWorker.perform_async(t) }}.to_json", URL)
+        worker("-c", "10", sidecar_url=cluster.url)
+        wait_until(lambda: db.execute("SELECT COUNT(*) FROM job_events WHERE event = 'death'").fetchone()[0] == 12,
+                   30, 0.1, "12 death handlers")
+        rows = db.execute("SELECT event, details FROM job_events WHERE event IN ('exhausted', 'death')").fetchall()
+        seen = [json.loads(row["details"]) for row in rows]
+        assert len(seen) == 24 and sorted(str(d["tenant"]) for d in seen) == sorted(tenants * 2)
+        assert {d["cause"] for d in seen} == {"billing said no"}
+    finally:
+        db.close()

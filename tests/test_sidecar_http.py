@@ -96,6 +96,20 @@ async def test_a_lone_request_takes_the_most_recently_used_connection():
     await srv.stop()
 
 
+async def test_a_request_can_ask_for_one_sidecar_process():
+    """An exhausted job's hooks go to the process that ran it, which holds its live exception."""
+    srv = Server(lambda n, req: ok(b"{}", f"x-fastworker-pid: {n}\r\n"))
+    http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    # three at once open three connections (the server names each its own "process")
+    await asyncio.gather(http.request("POST", "/slow"), http.request("POST", "/a"), http.request("POST", "/b"))
+    assert srv.connections == 3
+    for pid in ("1", "3", "2"):
+        resp = await http.request("POST", "/exhausted", prefer_pid=pid)
+        assert resp.headers["x-fastworker-pid"] == pid
+    await http.close()
+    await srv.stop()
+
+
 async def test_chunked_bodies_and_connection_close():
     def reply(n: int, req: bytes) -> bytes:
         if b"/chunked" in req:
