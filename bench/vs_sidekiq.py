@@ -54,9 +54,11 @@ import os
 import re
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -183,12 +185,27 @@ def enqueue(redis_url: str, kind: str, batches: dict[str, int]) -> None:
         raise SystemExit(f"enqueue {kind} failed ({res.returncode}):\n{res.stderr}")
 
 
+def unix_health(path: str, proc: subprocess.Popen) -> bool:
+    """GET /health over the sidecar's Unix socket answered 200."""
+    if proc.poll() is not None:
+        raise AssertionError(f"the sidecar exited with {proc.returncode} before {path} answered")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(path)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
 class Server:
     """One server setup under test: "sidekiq", "fastworker" (real sidecar) or "stub" (fastworker
     before the Python stub sidecar). start(), wait_ready(), pids(), stop()."""
 
     def __init__(self, name: str, a: argparse.Namespace, log: str) -> None:
         self.name, self.redis_url, self.log, self.c, self.n = name, a.redis_url, log, a.concurrency, a.processes
+        self.transport = getattr(a, "transport", "tcp")
         self.procs: list[subprocess.Popen] = []
         self.worker_pid: int | None = None  # the fastworker process, for its own CPU and /metrics
         self.http_port = 0
@@ -208,13 +225,20 @@ class Server:
             self.procs.append(stub.proc)
             url = stub.url
         else:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
+            if self.transport == "unix":  # a sidecar on the same host: a shared socket file, as in a pod
+                path = os.path.join(tempfile.mkdtemp(prefix="fw-bench-"), "sidecar.sock")
+                url, listen = f"unix://{path}", ["--socket", path]
+            else:
+                port = free_port()
+                url, listen = f"http://127.0.0.1:{port}", ["--port", str(port)]
             side = subprocess.Popen(["ruby", str(ROOT / "sidecar/bin/fastworker-sidecar"), "--rails-root", str(APP),
-                                     "--port", str(port), "--threads", str(self.c), "--workers", str(self.n)],
+                                     *listen, "--threads", str(self.c), "--workers", str(self.n)],
                                     env=self.env, stdout=out, stderr=out)
             self.procs.append(side)
-            wait_http(f"{url}/health", 120, side)
+            if self.transport == "unix":
+                wait_until(lambda: unix_health(path, side), 120, 0.05, f"{url}/health")
+            else:
+                wait_http(f"{url}/health", 120, side)
         # one worker for the whole sidecar: its concurrency covers every Puma worker's threads
         self.http_port = free_port()
         worker = subprocess.Popen(
@@ -559,6 +583,8 @@ def options() -> argparse.Namespace:
     ap.add_argument("--processes", type=int, help="Sidekiq processes / sidecar Puma workers (overrides --machine)")
     ap.add_argument("--concurrency", type=int, default=10, help="Sidekiq -c / sidecar threads per process")
     ap.add_argument("--servers", default="sidekiq,fastworker")
+    ap.add_argument("--transport", choices=["tcp", "unix"], default="tcp",
+                    help="how the worker reaches the real sidecar: loopback TCP (the default) or a Unix socket")
     ap.add_argument("--stub", action="store_true", help="also fastworker before the Python stub sidecar")
     ap.add_argument("--repeat", type=int, default=1, help="throughput rounds per combination; the ratio line"
                                                           " uses each server's medians")
