@@ -400,8 +400,8 @@ def middleware(job: dict) -> dict:
 
 
 async def test_due_members_go_through_the_apps_client_middleware_before_they_are_pushed(r, made):
-    members = {b'{"class":"HardJob","args":["%s"],"queue":"default","jid":"%s","retry":true}' % (a.encode(), a.encode()):
-               PAST for a in ("plain", "reroute", "drop", "boom", "later")}
+    members = {orjson.dumps({"class": "HardJob", "args": [a], "queue": "default", "jid": a, "retry": True}): PAST
+               for a in ("plain", "reroute", "drop", "boom", "later")}
     r.zadd("schedule", members)
     sidecar = MiddlewareSidecar(True, middleware)
     await with_sidecar(made(), sidecar).tick()
