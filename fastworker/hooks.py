@@ -67,13 +67,12 @@ class Hooks(PollLoop):
     async def run_entry(self, entry: bytes) -> None:
         """The steps left of one entry this process holds the lease of."""
         data = load_job(entry)
-        job, error = data["job"], data["error"]
+        job, error, step = data["job"], data["error"], data["step"]
         try:
-            if data["step"] == "block":
+            if step == "block":
                 result = None
                 if data["run_block"]:
-                    result = await self.sidecar.exhausted(job, error, data["run_block"], phase="block",
-                                                          pid=data.get("pid"))
+                    result = await self.sidecar.exhausted(job, error, True, phase="block", pid=data.get("pid"))
                 nxt = None if result == "discard" else dump_job({**data, "step": "death"})
                 dead = dump_job(job) if data["to_dead"] and nxt is not None else None
                 now = self.clock.now()
@@ -83,11 +82,11 @@ class Hooks(PollLoop):
                 self._log_block(data, dead is not None, result)
                 if nxt is None:
                     return
-                entry = nxt
+                entry, step = nxt, "death"
             await self.sidecar.exhausted(job, error, False, phase="death", pid=data.get("pid"))
             await self.broker.hooks_step(entry, None, self.clock.now(), self.dead_max_jobs, self.dead_timeout)
         except SidecarUnavailable as exc:
-            log.warn("hooks_waiting", jid=job.get("jid"), step=load_job(entry)["step"],
+            log.warn("hooks_waiting", jid=job.get("jid"), step=step,
                      retry_in_s=RETRY_AFTER, error_message=str(exc)[:300])
             await self.broker.hooks_later(entry, self.clock.now() + RETRY_AFTER)
 

@@ -197,11 +197,7 @@ class Processor:
             await self.broker.drop(work.queue, env.raw)
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)
             return
-        error: dict[str, Any] = {"class": failure.error_class, "message": failure.error_message}
-        if failure.backtrace is not None:
-            error["backtrace"] = failure.backtrace
-        if failure.body.get("stage") is not None:
-            error["stage"] = failure.body["stage"]
+        error = failure.error()
         if isinstance(decision, retry.Discard):  # 8.x: the death handlers see the discarded job
             assert decision.job is not None
             log.info("job_discarded", jid=env.jid, **{"class": env.display_class}, queue=work.queue)

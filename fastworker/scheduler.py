@@ -90,7 +90,6 @@ def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
     # Client#normalize_item fills these in when absent (default_job_options first, as its
     # defaults.merge(item) orders them); everything else stays as it was
     job = {"retry": job.get("retry", True), "queue": queue, **job}
-    job["queue"] = queue
     if job.get("jid") is None:
         job["jid"] = secrets.token_hex(12)
     if job.get("created_at") is None:

@@ -69,6 +69,15 @@ class Failed:
         rt = self.body.get("runtime_ms")
         return rt if isinstance(rt, (int, float)) and not isinstance(rt, bool) else None
 
+    def error(self) -> dict[str, Any]:
+        """The exception as /exhausted takes it ("error": class, message, backtrace, stage)."""
+        error: dict[str, Any] = {"class": self.error_class, "message": self.error_message}
+        if self.backtrace is not None:
+            error["backtrace"] = self.backtrace
+        if self.body.get("stage") is not None:
+            error["stage"] = self.body["stage"]
+        return error
+
 
 class BadJob(Exception):
     """The sidecar says the body is not a runnable job (400)."""
