@@ -25,6 +25,16 @@ class ExhaustedTest < Minitest::Test
     assert_kind_of RuntimeError, ex
   end
 
+  def test_phases_run_the_block_or_the_death_handlers_and_refuse_others
+    error = {"class" => "RuntimeError", "message" => "always"}
+    _, block = post("/exhausted", {"job" => dead_job("ExhaustedJob", ["plain"]), "error" => error, "phase" => "block"})
+    assert_equal [1, 0], [Recorder[:exhausted].size, block["death_handlers"]]
+    _, death = post("/exhausted", {"job" => dead_job("ExhaustedJob", ["plain"]), "error" => error, "phase" => "death"})
+    assert_equal [1, 1], [Recorder[:exhausted].size, death["death_handlers"]]
+    status, = post("/exhausted", {"job" => dead_job("ExhaustedJob", ["plain"]), "error" => error, "phase" => "later"})
+    assert_equal 400, status
+  end
+
   def test_discard_result_skips_death_handlers
     _, body = post("/exhausted", {"job" => dead_job("ExhaustedJob", ["discard"]), "error" => {"class" => "RuntimeError", "message" => "x"}})
     assert_equal "discard", body["result"]

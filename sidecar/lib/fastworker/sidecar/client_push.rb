@@ -35,7 +35,6 @@ module Fastworker
       end
 
       def push_one(client, raw)
-        item = nil
         item = ::Sidekiq.load_json(raw)
         normed = client.send(:normalize_item, item)
         payload = client.middleware.invoke(item["class"], normed, normed["queue"], client.redis_pool) { normed }
