@@ -8,10 +8,13 @@ Duties:
    (``POST /perform_batch``): for it, one request per job costs more than the job. A class not yet
    measured, or slower, gets a request per job, so a slow job never waits behind another one and
    slow jobs keep Puma's thread parallelism;
-3. ``split``: the batchable jobs of one fetch go into requests of at most ``size`` jobs, chosen so
+3. ``split``: the batchable jobs of one fetch go into requests of about ``size`` jobs, chosen so
    that at full concurrency a single sidecar process has as many requests in flight as it takes
    pipelined on one connection (``Offer.pipeline``, see LANES): one runs in Ruby while the worker
-   turns the last answer round and sends the next. Several processes get one each.
+   turns the last answer round and sends the next. Several processes get one each. A fetch never
+   opens more requests than the lanes left free by those in flight: a request beyond them goes
+   to a second connection of one Puma process, where it costs more than it overlaps, and an
+   uneven split (3/3/4 of 10 tokens) would otherwise stay uneven for good.
 """
 
 from __future__ import annotations
@@ -56,14 +59,18 @@ class BatchPlanner:
         self._runtime: dict[str, float] = {}  # class -> seconds
 
     @property
-    def size(self) -> int:
-        """Jobs per batch: enough requests to keep each sidecar process's lanes full."""
+    def lanes(self) -> int:
+        """Fast requests in flight at full concurrency, over every sidecar process."""
         processes = max(1, self.offer.processes)
         # one process: pipelined lanes overlap Ruby with the worker. Several: they overlap with
         # each other already, and halving the batches cost more than it gained (see LANES)
         per_process = max(LANES, self.offer.pipeline) if processes == 1 else LANES
-        lanes = per_process * processes
-        return max(1, min(self.offer.batch_max, -(-self.concurrency // lanes)))
+        return per_process * processes
+
+    @property
+    def size(self) -> int:
+        """Jobs per batch: enough requests to keep each sidecar process's lanes full."""
+        return max(1, min(self.offer.batch_max, -(-self.concurrency // self.lanes)))
 
     # -- measurements --------------------------------------------------------------------------
 
@@ -90,13 +97,15 @@ class BatchPlanner:
         runtime = self._runtime.get(klass)
         return runtime is not None and runtime < self.overhead
 
-    def split(self, items: Sequence[T]) -> list[list[T]]:
-        """``items`` in requests of at most ``size``, as even as possible."""
+    def split(self, items: Sequence[T], in_flight: int = 0) -> list[list[T]]:
+        """``items`` in requests of about ``size``, as even as possible, and no more requests than
+        the lanes that ``in_flight`` fast requests leave (one at least; a request grows up to
+        ``batch_max`` for it)."""
         n = len(items)
         if n == 0:
             return []
-        size = self.size
-        count = -(-n // size)
+        count = min(-(-n // self.size), max(1, self.lanes - in_flight))
+        count = max(count, -(-n // max(1, self.offer.batch_max)))
         base, extra = divmod(n, count)
         out: list[list[T]] = []
         start = 0

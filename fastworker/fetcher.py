@@ -125,12 +125,13 @@ class Fetcher:
             self.fetched += len(items)
             await self._dispatch(items)
             return
-        if (self._deep and free < min(self.planner.size, self.limiter.capacity)
-                and self.limiter.in_use and self.manager.fast_in_flight):
+        if (self._deep and self.limiter.in_use and self.manager.fast_in_flight
+                and (free < min(self.planner.size, self.limiter.capacity)
+                     or self.manager.fast_requests >= self.planner.lanes)):
             # the queue is deep and fast jobs hold this pool's tokens: they give them back within a
-            # request's time, so gather them for one batch instead of refilling them one request
-            # each (the jobs meanwhile stay in Redis, where any process may take them). A queue
-            # that is not deep gets every free token at once: latency comes first there.
+            # request's time, so gather them for one batch of a free lane instead of refilling them
+            # one request each (the jobs meanwhile stay in Redis, where any process may take
+            # them). A queue that is not deep gets every free token at once: latency comes first.
             await self.limiter.wait_release()
             return
         n = min(free, FETCH_MAX)
@@ -187,7 +188,7 @@ class Fetcher:
         self._start(batch)
 
     def _start(self, batchable: list[tuple[str, Any]]) -> None:
-        for group in self.planner.split(batchable):
+        for group in self.planner.split(batchable, self.manager.fast_requests):
             if len(group) == 1:
                 self.manager.spawn(*group[0], fast=True)
             else:

@@ -47,6 +47,7 @@ class Manager:
         self.clock = clock
         self.busy: dict[str, Work] = {}
         self.fast_in_flight = 0  # jobs of classes that share requests, started and not finished
+        self.fast_requests = 0  # their requests in flight (a batch counts once)
         self._seq = 0
         self._idle: asyncio.Event | None = None
         processor.on_finished = self._finished
@@ -57,8 +58,9 @@ class Manager:
         work = Work(queue, env, _base36(self._seq), self.clock.now())
         self.busy[work.tid] = work
         if fast:
-            work.fast = True
+            work.fast = work.lead = True
             self.fast_in_flight += 1
+            self.fast_requests += 1
         work.task = asyncio.get_running_loop().create_task(self.processor.process(work))
         return work
 
@@ -72,7 +74,9 @@ class Manager:
             work.fast = True
             self.busy[work.tid] = work
             works.append(work)
+        works[0].lead = True
         self.fast_in_flight += len(works)
+        self.fast_requests += 1
         task = asyncio.get_running_loop().create_task(self.processor.process_batch(works))
         for w in works:
             w.task = task
@@ -82,6 +86,8 @@ class Manager:
         if self.busy.pop(work.tid, None) is not None:
             if work.fast:
                 self.fast_in_flight -= 1
+                if work.lead:  # counted before the tokens go back, so the fetch loop wakes to it
+                    self.fast_requests -= 1
             self.limiters.get(work.queue, self.limiter).release()
         if not self.busy and self._idle is not None:
             self._idle.set()

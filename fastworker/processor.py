@@ -31,7 +31,7 @@ from .sidecar_client import BadJob, Done, Failed, SidecarClient
 class Work:
     """One fetched job moving through the stages (Sidekiq's UnitOfWork)."""
 
-    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields", "fast")
+    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields", "fast", "lead")
 
     def __init__(self, queue: str, env: Any, tid: str, run_at: float) -> None:
         self.queue = queue
@@ -42,6 +42,7 @@ class Work:
         self.abandoned = False
         self.log_fields = b""  # its start/done lines' fields, encoded once (log.job_fields)
         self.fast = False  # of a class that shares requests (batching.py)
+        self.lead = False  # the first job of its fast request: the manager counts requests by it
 
 
 class Processor:

@@ -94,3 +94,15 @@ def test_slow_jobs_keep_the_full_parallelism(redis_url, r, stub, worker):
 def test_batch_size_follows_the_lanes_the_sidecar_offers(concurrency, processes, pipeline, size):
     from fastworker.batching import BatchPlanner, Offer
     assert BatchPlanner(concurrency, Offer(batch_max=32, processes=processes, pipeline=pipeline)).size == size
+
+
+@pytest.mark.parametrize("n,in_flight,sizes", [
+    (10, 0, [5, 5]),      # both lanes free
+    (6, 1, [6]),          # one lane left: one request, not 3 + 3 beside the one in flight
+    (4, 2, [4]),          # every lane busy (a shallow queue, latency first): still one request
+    (70, 0, [24, 23, 23]),  # beyond batch_max per lane: as many requests as batch_max needs
+])
+def test_a_fetch_opens_no_more_requests_than_the_free_lanes(n, in_flight, sizes):
+    from fastworker.batching import BatchPlanner, Offer
+    planner = BatchPlanner(10, Offer(batch_max=32, processes=1, pipeline=2))
+    assert [len(g) for g in planner.split(list(range(n)), in_flight)] == sizes

@@ -41,7 +41,7 @@ async def test_a_waker_blocks_again_only_after_the_job_it_took_has_started():
     """The job a BLMOVE brings goes to the sidecar before the next BLMOVE is written: that write
     sits on the job's path otherwise (the pickup latency of an idle worker)."""
     redis = Redis()
-    manager = SimpleNamespace(fast_in_flight=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
+    manager = SimpleNamespace(fast_in_flight=0, fast_requests=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
     processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
     fetcher = Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
                       BatchPlanner(5, Offer()), [("default", 0)])
@@ -59,3 +59,83 @@ async def test_a_waker_blocks_again_only_after_the_job_it_took_has_started():
     assert core.decode_envelope(JOB).jid == "0123456789abcdef01234567"
     for t in fetcher._wakers:
         t.cancel()
+
+
+class DeepRedis:
+    """A queue that always has a job for every token asked."""
+
+    def __init__(self) -> None:
+        self.health = SimpleNamespace(succeeded=lambda: None, failed=lambda *a: None)
+
+    async def fetch(self, n: int, orders: bytes) -> list[tuple[str, bytes]]:
+        return [("default", JOB)] * n
+
+    async def bulk_requeue(self, items: Any) -> None:
+        pass
+
+
+class HeldSidecar:
+    """A stand-in processor: each request stays in flight until the test answers it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, asyncio.Future[None]]] = []
+        self.sizes: list[int] = []
+        self.on_finished: Any = None
+        self.sidecar = SimpleNamespace(max_body=1 << 20)
+
+    async def process_batch(self, works: list[Any]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.requests.append((len(works), fut))
+        self.sizes.append(len(works))
+        try:
+            await fut
+        finally:
+            for w in works:
+                self.on_finished(w)
+
+    async def process(self, work: Any) -> None:
+        await self.process_batch([work])
+
+    async def answer_oldest(self) -> None:
+        _, fut = self.requests.pop(0)
+        fut.set_result(None)
+        for _ in range(20):  # the request's finally, then the fetch loop's ticks that follow it
+            await asyncio.sleep(0)
+
+
+async def test_a_deep_queue_keeps_fast_requests_to_the_lanes_the_sidecar_offers():
+    """Before one Puma process that takes 2 requests pipelined, 10 tokens of no-op jobs run as two
+    requests of 5 in turn. A third request in flight lands on a second connection, where two Puma
+    threads fight for the GVL (batching.py, LANES). Started from the 3/3/4 split that an uneven
+    warm-up leaves, the fetch loop must find its way back to two lanes, not keep three."""
+    from fastworker.manager import Manager
+    sidecar = HeldSidecar()
+    limiter = Limiter(10)
+    manager = Manager(sidecar, limiter, DeepRedis(), SimpleNamespace(now=lambda: 0.0, mono=lambda: 0.0))  # type: ignore[arg-type]
+    planner = BatchPlanner(10, Offer(batch_max=32, processes=1, pipeline=2))
+    planner.observe_runtime("HardJob", 0.00005)
+    planner.observe_request(0.001, 0.0005)
+    assert planner.batchable("HardJob") and planner.size == 5
+    fetcher = Fetcher(DeepRedis(), limiter, manager, sidecar, Breaker(),  # type: ignore[arg-type]
+                      planner, [("default", 0)])
+    env = core.decode_envelope(JOB)
+    for size in (3, 3, 4):  # the uneven start
+        for _ in range(size):
+            assert limiter.try_acquire()
+        manager.spawn_batch([("default", env)] * size)
+    fetcher._deep = True
+    loop = asyncio.ensure_future(fetcher.run())
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        in_flight = []
+        for _ in range(12):
+            await sidecar.answer_oldest()
+            in_flight.append(len(sidecar.requests))
+        assert sidecar.sizes[-4:] == [5, 5, 5, 5], sidecar.sizes
+        assert in_flight[-6:] == [2] * 6, in_flight  # each answer refilled at once, in one request
+    finally:
+        fetcher.stop()
+        for _, fut in sidecar.requests:
+            fut.set_result(None)
+        await asyncio.wait_for(loop, 1)
