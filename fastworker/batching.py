@@ -31,7 +31,8 @@ T = TypeVar("T")
 # the GVL cost ~250 us more per request than the overlap gains. Pipelined on one connection, one
 # thread takes them in turn and 2 lanes pay (Offer.pipeline; design.md, "Pipelined batches"),
 # but only before ONE process: before two Puma workers (-c 20) batches of 10 ran 7,466-9,410
-# jobs/s at 120-148 us of CPU per job, pipelined batches of 5 6,619-6,705 at 184-199 us.
+# jobs/s at 120-148 us of CPU per job, pipelined batches of 5 6,619-6,705 at 184-199 us; again
+# once a fetch kept to the free lanes (2026-12-02): 18,069-18,827 jobs/s against 15,136-15,435.
 LANES = 1
 ALPHA = 0.2  # weight of a new sample in the moving averages
 SPIKE = 4.0  # a sample counts at most this many times the current average (a GC pause, a preemption)
