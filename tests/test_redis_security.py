@@ -2,7 +2,8 @@
 
 Starts its own redis-server (Debian's 7.0) with a plain port and a TLS port (a self-signed
 certificate made here with openssl, also used as the client certificate, since Redis asks for
-one by default) and an ACL user with a password; the default user is switched off.
+one by default; the Ruby client, which sends none, is let in with `tls-auth-clients optional`) and
+an ACL user with a password; the default user is switched off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.helpers import rails
 from tests.helpers.procs import Worker, free_port, wait_until
 
 PASSWORD = "Pw-3f9c1e7b-never-printed"
@@ -38,6 +40,7 @@ def secure_redis(tmp_path_factory) -> Iterator[dict]:
     acl.write_text(f"user default off\nuser {USER} on >{PASSWORD} ~* &* +@all\n")
     proc = subprocess.Popen(["redis-server", "--port", str(plain), "--bind", "127.0.0.1", "--tls-port", str(tls),
                              "--tls-cert-file", str(crt), "--tls-key-file", str(key), "--tls-ca-cert-file", str(crt),
+                             "--tls-auth-clients", "optional",
                              "--aclfile", str(acl), "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     client = redis.Redis(port=plain, username=USER, password=PASSWORD)
@@ -110,3 +113,34 @@ def test_a_wrong_password_and_a_bad_url_never_print_the_password(secure_redis, t
     text = log.read_text()
     assert text.strip(), "it said something"
     assert PASSWORD not in text, text[-2000:]
+
+
+@needs_tools
+@pytest.mark.skipif(not rails.ruby_available(), reason="needs Debian's ruby with rails, sidekiq and puma")
+def test_the_real_sidecar_and_its_jobs_reach_redis_as_the_acl_user_over_tls(secure_redis, tmp_path: Path):
+    """The sidecar's own Sidekiq client (the jobs' ``Sidekiq.redis``, the app's initializer reading
+    REDIS_URL) works over TLS as an ACL user, beside the worker; the job is enqueued with Ruby's
+    Sidekiq client over the same URL, and the password shows in no log and no open endpoint."""
+    r = secure_redis["client"]
+    r.flushall()
+    url = f"rediss://{USER}:{PASSWORD}@127.0.0.1:{secure_redis['tls']}/0"
+    ruby_env = {"SSL_CERT_FILE": secure_redis["crt"]}  # OpenSSL's default store: redis-rb verifies the server
+    rails.prepare_db(url)
+    sidecar = rails.start_sidecar(url, threads=2, env=ruby_env)
+    w = None
+    try:
+        w = Worker(url, f"http://127.0.0.1:{sidecar.port}", "-c", "2", "--redis-ca-file", secure_redis["crt"],
+                   "--redis-cert-file", secure_redis["crt"], "--redis-key-file", secure_redis["key"],
+                   log_path=tmp_path / "acl-worker.log")
+        rails.rails_runner('PidWorker.perform_async("acl:pids"); PidWorker.perform_async("acl:pids")', url, env=ruby_env)
+        counts = wait_until(lambda: (h := r.hgetall("acl:pids")) and sum(int(v) for v in h.values()) >= 2 and h,
+                            60, 0.1, "both jobs' HINCRBY from inside the sidecar")
+        assert sum(int(v) for v in counts.values()) == 2
+        assert int(r.get("stat:processed") or 0) == 2
+        shown = [w.log_path.read_text(), sidecar.log(), json.dumps(sidecar.health()[1])]
+        for text in shown:
+            assert PASSWORD not in text
+    finally:
+        if w is not None:
+            w.kill()
+        sidecar.stop()
