@@ -7,9 +7,10 @@ blocks hang off them. The sidecar fires them (sidecar/lib/fastworker/sidecar/lif
 what each worker tells it here.
 
 Duties:
-1. ``start``: POST /lifecycle ``startup`` with this worker's identity and ``--timeout`` (the sidecar's
-   drain timeout follows it), once, before the fetcher starts; not delivered (sidecar booting or
-   down) -> the loop keeps trying, and a ``beat`` registers the worker too.
+1. ``start``: POST /lifecycle ``startup`` with this worker's identity and the settings the app's
+   Ruby code may read from Sidekiq's options (``--timeout``, which the sidecar's drain timeout also
+   follows, ``--concurrency`` and ``--max-retries``), once, before the fetcher starts; not delivered
+   (sidecar booting or down) -> the loop keeps trying, and a ``beat`` registers the worker too.
 2. every ``heartbeat_interval``: a ``beat`` (with the quiet flag), which also re-registers the worker
    with a sidecar that restarted meanwhile;
 3. ``quiet()`` / ``stopping()``: ``quiet`` / ``shutdown`` at once, in order;
@@ -106,5 +107,6 @@ class Lifecycle:
 
     async def _send(self, event: str) -> bool:
         L = self.launcher
-        return await L.sidecar.lifecycle(event, L.identity, timeout=L.config.timeout,
-                                         quiet=L.quiet or L.stopping)
+        c = L.config
+        return await L.sidecar.lifecycle(event, L.identity, timeout=c.timeout, quiet=L.quiet or L.stopping,
+                                         settings={"concurrency": c.concurrency, "max_retries": c.max_retries})

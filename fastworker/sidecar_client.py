@@ -329,9 +329,10 @@ class SidecarClient:
         return answers
 
     async def lifecycle(self, event: str, identity: str, timeout: float | None = None, quiet: bool = False,
-                        request_timeout: float = LIFECYCLE_TIMEOUT) -> bool:
-        """Tell the sidecar this worker's lifecycle event; True once it took it."""
-        body: dict[str, Any] = {"event": event, "identity": identity, "quiet": quiet}
+                        request_timeout: float = LIFECYCLE_TIMEOUT, settings: dict[str, int] | None = None) -> bool:
+        """Tell the sidecar this worker's lifecycle event; True once it took it. ``settings``: what
+        the sidecar's Sidekiq options then say (concurrency, max_retries)."""
+        body: dict[str, Any] = {"event": event, "identity": identity, "quiet": quiet, **(settings or {})}
         if timeout is not None:
             body["timeout"] = timeout
         try:

@@ -173,3 +173,15 @@ def test_a_batch_cut_off_at_job_timeout_keeps_what_finished_and_requeues_what_ne
         done = {e["jid"] for e in w.events("job_done")}
         assert set(jids) - {stalled} <= done and r.llen("queue:default") == 0
         assert w.stop() == 0
+
+
+def test_the_apps_ruby_code_reads_the_workers_settings_from_sidekiqs_options(db, worker, r):
+    """Issue 11, point 6: flags given to the worker only (not to the sidecar, not in sidekiq.yml)
+    are what `Sidekiq.options` says inside the jobs, as in the Sidekiq server they replace."""
+    with rails.start_sidecar(URL, threads=2) as sidecar:
+        w = worker("-q", "default", "-c", "3", "--max-retries", "7", "-t", "9", sidecar_url=sidecar.url)
+        wait_until(lambda: sidecar.health()[1].get("drain_timeout") == 9.0, 20, 0.1, "the worker's hello")
+        ruby(URL, 'Sidekiq::Client.push("class" => "OptionsWorker", "args" => ["options:seen"])')
+        seen = wait_until(lambda: r.get("options:seen"), 20, 0.05, "OptionsWorker ran")
+        assert json.loads(seen) == {"concurrency": 3, "max_retries": 7, "timeout": 9}
+        assert w.stop() == 0

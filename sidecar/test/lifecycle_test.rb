@@ -116,6 +116,20 @@ class LifecycleTest < Minitest::Test
     Fastworker::Sidecar.drain_timeout = nil
   end
 
+  def test_sidekiqs_options_follow_the_largest_settings_the_live_workers_announced
+    opts = Fastworker::Sidecar::ServerConfig.options
+    before = %i[timeout concurrency max_retries].to_h { |k| [k, opts[k]] }
+    post("/lifecycle", {"event" => "startup", "identity" => "a", "timeout" => 8, "concurrency" => 3, "max_retries" => 4})
+    post("/lifecycle", {"event" => "beat", "identity" => "b", "timeout" => 2.5, "concurrency" => 12, "max_retries" => "9"})
+    assert_equal({timeout: 8, concurrency: 12, max_retries: 4}, %i[timeout concurrency max_retries].to_h { |k| [k, opts[k]] })
+    post("/lifecycle", {"event" => "shutdown", "identity" => "b"})
+    post("/lifecycle", {"event" => "beat", "identity" => "a", "timeout" => 8, "concurrency" => 3, "max_retries" => 4})
+    assert_equal 3, opts[:concurrency] # b is gone: a's again
+  ensure
+    before&.each { |k, v| opts[k] = v }
+    Fastworker::Sidecar.drain_timeout = nil
+  end
+
   def test_lifecycle_is_refused_while_booting_and_bad_events_are_400
     assert_equal 400, post("/lifecycle", {"event" => "explode", "identity" => "a"})[0]
     assert_equal 400, post("/lifecycle", {"event" => "startup"})[0]

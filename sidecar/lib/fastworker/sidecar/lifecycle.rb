@@ -26,13 +26,17 @@ module Fastworker
     #    the cycle; the sidecar may see another cycle).
     # 4. Follow the workers' --timeout: the drain timeout becomes the largest timeout the live
     #    workers announced, unless --drain-timeout / FASTWORKER_SIDECAR_DRAIN_TIMEOUT set it.
+    #    Sidekiq's own options (:timeout, :concurrency, :max_retries) become the largest the live
+    #    workers announced, so the app's Ruby code reads what the server runs with
+    #    (ServerConfig.follow_workers).
     # 5. Offer `stopping?` for IterableJob's `_context.stopping?` (quiet or stopping).
     class Lifecycle
       WORKER_TTL = 60
       BEAT_MIN = 1.0
       EVENTS = %w[startup quiet shutdown beat].freeze
+      SETTINGS = %w[concurrency max_retries].freeze # whole numbers a worker announces with each event
 
-      Worker = Struct.new(:quiet, :timeout, :seen)
+      Worker = Struct.new(:quiet, :timeout, :seen, :settings)
 
       attr_reader :fired
 
@@ -48,7 +52,7 @@ module Fastworker
 
       # A worker's event; returns what /lifecycle answers.
       # `quiet`: the worker says it is quiet (its beats carry it, so a restarted sidecar learns it).
-      def call(event, identity, timeout: nil, quiet: false)
+      def call(event, identity, timeout: nil, quiet: false, settings: {})
         raise ArgumentError, "unknown event #{event.inspect}" unless EVENTS.include?(event)
         raise ArgumentError, "identity must be a non-empty string" unless identity.is_a?(String) && !identity.empty?
 
@@ -58,6 +62,7 @@ module Fastworker
           next {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)} if event == "shutdown" && !@workers.key?(identity)
 
           worker = register(identity, timeout)
+          worker.settings = settings.select { |k, v| SETTINGS.include?(k) && v.is_a?(Integer) && v >= 0 }
           worker.quiet = true if quiet == true
           case event
           when "quiet" then worker.quiet = true
@@ -72,7 +77,7 @@ module Fastworker
             fire_once(:shutdown)
             new_cycle
           end
-          follow_timeout
+          follow_workers
           {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)}
         end
       end
@@ -112,7 +117,7 @@ module Fastworker
       def register(identity, timeout)
         worker = @workers[identity]
         unless worker
-          worker = @workers[identity] = Worker.new(false, nil, nil)
+          worker = @workers[identity] = Worker.new(false, nil, nil, {})
           new_cycle if @shutdown_fired
           unless @startup_fired
             @startup_fired = true
@@ -141,9 +146,13 @@ module Fastworker
         @workers.delete_if { |_, w| now - w.seen > WORKER_TTL }
       end
 
-      def follow_timeout
+      def follow_workers
+        return if @workers.empty?
+
         timeouts = @workers.each_value.map(&:timeout).compact
         Sidecar.follow_worker_timeout(timeouts.max) unless timeouts.empty?
+        largest = SETTINGS.to_h { |k| [k.to_sym, @workers.each_value.map { |w| w.settings[k] }.compact.max] }
+        ServerConfig.follow_workers(timeout: timeouts.max, **largest)
       end
 
       def fire_once(event)

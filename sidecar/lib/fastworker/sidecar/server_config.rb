@@ -49,6 +49,16 @@ module Fastworker
         opts[:tag] ||= @cli.send(:default_tag, *(@cli.method(:default_tag).arity.zero? ? [] : [::Rails.root]))
       end
 
+      # The workers' own settings (Lifecycle, duty 4): Sidekiq's options then say what the server
+      # runs with, whatever the YAML file said. 6.4.1's Redis pool keeps the size it was built
+      # with when the app's `config.redis =` ran at boot (its concurrency + 5 then).
+      def follow_workers(timeout: nil, concurrency: nil, max_retries: nil)
+        opts = options
+        opts[:timeout] = (timeout % 1).zero? ? timeout.to_i : timeout if timeout
+        opts[:concurrency] = concurrency if concurrency
+        opts[:max_retries] = max_retries if max_retries
+      end
+
       def modern?
         ::Sidekiq.respond_to?(:default_configuration)
       end
