@@ -1,13 +1,15 @@
 # frozen_string_literal: true
 
-# Reports the Sidekiq options the app's Ruby code sees while it runs (the server's settings):
-# SET <key> to {"concurrency", "max_retries", "timeout"} as JSON.
+# Always fails; its options shape the retry entries: at most 2 retries, retried on the
+# "low" queue, the first 5 backtrace lines stored.
 class OptionsWorker
   include Sidekiq::Worker
+  sidekiq_options retry: 2, retry_queue: "low", backtrace: 5
 
-  def perform(key)
-    opts = Sidekiq.respond_to?(:default_configuration) ? Sidekiq.default_configuration : Sidekiq.options
-    seen = {"concurrency" => opts[:concurrency], "max_retries" => opts[:max_retries], "timeout" => opts[:timeout]}
-    Sidekiq.redis { |c| c.set(key, JSON.generate(seen)) }
+  class Failure < StandardError; end
+
+  def perform
+    JobRun.record!(self, kind: "options", args: [], status: "failed")
+    raise Failure, "options worker always fails"
   end
 end

@@ -1,0 +1,13 @@
+# frozen_string_literal: true
+
+# Reports the Sidekiq options the app's Ruby code sees while it runs (the server's settings):
+# SET <key> to {"concurrency", "max_retries", "timeout"} as JSON.
+class SettingsWorker
+  include Sidekiq::Worker
+
+  def perform(key)
+    opts = Sidekiq.respond_to?(:default_configuration) ? Sidekiq.default_configuration : Sidekiq.options
+    seen = {"concurrency" => opts[:concurrency], "max_retries" => opts[:max_retries], "timeout" => opts[:timeout]}
+    Sidekiq.redis { |c| c.set(key, JSON.generate(seen)) }
+  end
+end
