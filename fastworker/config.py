@@ -437,7 +437,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("config_wait", "--config-wait", parse=_float_at_least(0, "a non-negative number of seconds"),
          metavar="SECONDS", yaml=(), help="how long to wait for a booting sidecar's configuration"),
     _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
-         env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too)"),
+         env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too): redis://, "
+         "rediss://, unix:// or redis+sentinel://[user:password@]host:port[,host:port]/MASTER/DB"),
     _opt("redis_ca_file", "--redis-ca-file", parse=_text, metavar="FILE",
          help="CA certificate(s) to verify a rediss:// server (default: the system's)"),
     _opt("redis_cert_file", "--redis-cert-file", parse=_text, metavar="FILE",

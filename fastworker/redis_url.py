@@ -47,12 +47,16 @@ def _sentinel(url: str, opts: dict[str, Any]) -> Any:
     db = int(path[1]) if len(path) > 1 else 0
     q = parse_qs(parts.query)
     password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username and parts.password else None  # an ACL user
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": CONNECT_TIMEOUT}
-    if "sentinel_password" in q:
+    if "sentinel_password" in q:  # the sentinels' own login, when they have one (?sentinel_username=&...)
         sentinel_kwargs["password"] = q["sentinel_password"][0]
+        if "sentinel_username" in q:
+            sentinel_kwargs["username"] = q["sentinel_username"][0]
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **{k: v for k, v in opts.items()
                                                                     if k not in ("max_connections",)})
-    return sentinel.master_for(service, db=db, password=password, max_connections=opts["max_connections"])
+    return sentinel.master_for(service, db=db, username=username, password=password,
+                               max_connections=opts["max_connections"])
 
 
 def redact(url: str) -> str:

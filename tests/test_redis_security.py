@@ -144,3 +144,47 @@ def test_the_real_sidecar_and_its_jobs_reach_redis_as_the_acl_user_over_tls(secu
         if w is not None:
             w.kill()
         sidecar.stop()
+
+
+@needs_tools
+def test_sentinel_to_a_tls_master_as_the_acl_user(secure_redis, stub, tmp_path: Path):
+    """``redis+sentinel://user:password@sentinel/master/0`` with the TLS options: the sentinel
+    (plain, as redis-py talks to it) names the TLS master, and the worker logs in there as the ACL
+    user. Before, the URL's user name was dropped and the master refused the password alone."""
+    r = secure_redis["client"]
+    r.flushall()
+    r.lpush("queue:default", _job("c" * 24), _job("d" * 24))
+    port = free_port()
+    d = tmp_path / "sentinel"
+    d.mkdir()
+    conf = d / "sentinel.conf"
+    conf.write_text(f"""port {port}
+bind 127.0.0.1
+dir {d}
+tls-replication yes
+tls-cert-file {secure_redis['crt']}
+tls-key-file {secure_redis['key']}
+tls-ca-cert-file {secure_redis['crt']}
+sentinel monitor mymaster 127.0.0.1 {secure_redis['tls']} 1
+sentinel auth-user mymaster {USER}
+sentinel auth-pass mymaster {PASSWORD}
+""")
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    sentinel = redis.Redis(port=port, socket_timeout=2)
+    w = None
+    try:
+        wait_until(lambda: _pings(sentinel) and sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                                         "mymaster"), 10, 0.05, "the sentinel")
+        url = f"redis+sentinel://{USER}:{PASSWORD}@127.0.0.1:{port}/mymaster/0"
+        w = Worker(url, stub.url, "-c", "2", "--redis-ca-file", secure_redis["crt"], "--redis-cert-file",
+                   secure_redis["crt"], "--redis-key-file", secure_redis["key"], log_path=tmp_path / "sentinel.log")
+        wait_until(lambda: int(r.get("stat:processed") or 0) >= 2, 20, what="both jobs through the sentinel")
+        assert {"c" * 24, "d" * 24} <= {rec["jid"] for rec in stub.stats()["records"]}
+        assert PASSWORD not in w.log_path.read_text()
+    finally:
+        if w is not None:
+            w.kill()
+        sentinel.close()
+        proc.kill()
+        proc.wait(10)
