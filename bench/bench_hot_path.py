@@ -88,7 +88,8 @@ def test_ack_flush(benchmark, hot) -> None:
     async def acked_and_flushed() -> None:
         for raw in JOBS:
             broker.ack("default", raw)
-        await broker.flush()
+        # the call that lands them; flush() would first wait ACK_LINGER for a fetch to carry them
+        await broker.fetch(0)
 
     def flush() -> None:
         loop.run_until_complete(acked_and_flushed())
