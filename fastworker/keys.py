@@ -38,6 +38,11 @@ class Keys:
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"
 
+    def pushing(self, set_name: str) -> str:
+        """Due members of ``retry`` or ``schedule`` one scheduler took to run through the app's
+        client middleware, scored by when their lease ends (scheduler.py, duty 4a)."""
+        return f"{self.prefix}fastworker:pushing:{set_name}"
+
     def queue_name(self, key: str) -> str:
         return key[len(self.prefix) + 6:]
 

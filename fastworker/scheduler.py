@@ -21,8 +21,12 @@ Duties:
    through it first, as Sidekiq's poller pushes them with Sidekiq::Client (POST /client_push):
    the sidecar answers what to push where, or that a middleware dropped the job (it is then only
    removed, as Sidekiq drops it), or that one raised (the job goes to the dead set with the
-   reason; Sidekiq would lose it). With the sidecar unreachable, the members stay in their set
-   until it answers: a scheduled job never skips the app's middleware.
+   reason; Sidekiq would lose it). With the sidecar unreachable, the members stay in (or go back
+   to) their set until it answers: a scheduled job never skips the app's middleware.
+   The members are taken first (CLAIM_DUE, into ``fastworker:pushing:<set>`` for PUSH_LEASE
+   seconds), so that of several processes polling at once only one runs the middleware on a job,
+   as Sidekiq's poller runs it after its own ZREM. Members whose lease ended (their scheduler
+   died holding them) go back to their set, due, at the next poll of any process.
 5. A member that cannot be a job (not JSON, not an object, no class, no args array, a bad
    queue) goes to the dead set, trimmed as Sidekiq trims it, with the reason logged. Sidekiq
    would raise after the ZREM and lose it.
@@ -46,6 +50,7 @@ from .poll_loop import PollLoop
 from .retry import dead_member_for, dump_job, load_job
 
 BATCH = 500
+PUSH_LEASE = 60.0  # seconds: longer than a /client_push may take (its control timeout)
 
 
 class BadMember(ValueError):
@@ -121,6 +126,7 @@ class Scheduler(PollLoop):
         self.rand = rand
         self.sets = ((self.keys.retry, "retry"), (self.keys.schedule, "schedule"))
         self._move = self.redis.register_script(scripts.MOVE_DUE)
+        self._claim = self.redis.register_script(scripts.CLAIM_DUE)
         self._kill = self.redis.register_script(scripts.KILL_FROM_SET)
         # running totals (for metrics and tests)
         self.polls = 0
@@ -157,6 +163,8 @@ class Scheduler(PollLoop):
         counts: dict[str, int] = {}
         for key, name in self.sets:
             moved = 0
+            if self.sidecar is not None and self.sidecar.client_middleware:
+                await self._reclaim(key, name, self.clock.now())
             while not self._done:
                 now = self.clock.now()
                 due = await self.redis.zrange(key, "-inf", repr(now), byscore=True, offset=0, num=self.batch)
@@ -182,11 +190,13 @@ class Scheduler(PollLoop):
                 continue
             good.append((raw, queue, job))
         moves: list[Any] = []
+        source, limit = key, now  # where MOVE_DUE takes the members from, and up to which score
+        refused: list[tuple[bytes, str]] = []  # taken, and a client middleware raised
         try:
             if good and self.sidecar is not None and await self._through_middleware(self.sidecar):
-                answers = await self.sidecar.client_push([raw for raw, _, _ in good])
-                for (raw, _, _), answer in zip(good, answers, strict=True):
-                    moves += self._move_for(raw, answer, bad)
+                source, limit = self.keys.pushing(name), now + PUSH_LEASE
+                moves = await self._through_client_push(self.sidecar, key, source, limit,
+                                                        [raw for raw, _, _ in good], now, refused)
                 good = []
         except SidecarUnavailable as exc:
             log.warn("scheduled_waiting_for_sidecar", set=name, jobs=len(good), error_message=str(exc)[:300])
@@ -195,11 +205,44 @@ class Scheduler(PollLoop):
             moves += (raw, "q", self.keys.queue(queue), queue, job)
         moved = 0
         if moves:
-            moved = int(await self._move(keys=[key, self.keys.queues], args=[repr(now), *moves]))
+            moved = int(await self._move(keys=[source, self.keys.queues], args=[repr(limit), *moves]))
             self.moved += moved
         for raw, reason in bad:
             await self._kill_bad(key, name, raw, reason, now)
+        for raw, reason in refused:
+            await self._kill_bad(source, name, raw, reason, now)
         return moved
+
+    async def _through_client_push(self, sidecar: Any, key: str, pushing: str, lease: float,
+                                   members: list[bytes], now: float, refused: list[tuple[bytes, str]]) -> list[Any]:
+        """Take ``members`` (the ones still due and not taken by another process), run the app's
+        client middleware on them and return their MOVE_DUE quintuples. Anything that stops it
+        half-way (the sidecar unavailable, a shutdown) puts them back into ``key``, due."""
+        taken = list(await self._claim(keys=[key, pushing], args=[repr(now), repr(lease), *members]))
+        if not taken:
+            return []
+        try:
+            answers = await sidecar.client_push(taken)
+            moves: list[Any] = []
+            for raw, answer in zip(taken, answers, strict=True):
+                moves += self._move_for(raw, answer, refused)
+            return moves
+        except BaseException:
+            await self._give_back(key, pushing, taken, now, lease)
+            raise
+
+    async def _give_back(self, key: str, pushing: str, members: list[bytes], now: float, limit: float) -> None:
+        moves = [part for raw in members for part in (raw, "z", key, repr(now), raw)]
+        await self._move(keys=[pushing, self.keys.queues], args=[repr(limit), *moves])
+
+    async def _reclaim(self, key: str, name: str, now: float) -> None:
+        """Members whose lease ended in ``key``'s pushing set (their scheduler died holding them)
+        go back to ``key``, due, where this poll takes them again."""
+        pushing = self.keys.pushing(name)
+        expired = await self.redis.zrange(pushing, "-inf", repr(now), byscore=True, offset=0, num=self.batch)
+        if expired:
+            await self._give_back(key, pushing, expired, now, now)
+            log.warn("scheduled_lease_expired", set=name, jobs=len(expired))
 
     async def _through_middleware(self, sidecar: Any) -> bool:
         """Does the app have client middleware? Asks the sidecar until it has answered once; an

@@ -97,6 +97,26 @@ end
 return moved
 """
 
+# Take due members out of a sorted set (schedule or retry) for this scheduler alone, before the app's
+# client middleware runs on them: each moves to the pushing set only if it is still due and this call
+# removed it (ZREM == 1), so under any number of schedulers the middleware runs once per job, as
+# Sidekiq's poller runs it after its own ZREM. MOVE_DUE then moves them on from the pushing set.
+# KEYS[1] = the set, KEYS[2] = its pushing set; ARGV[1] = now, ARGV[2] = the lease's end (the score
+# in the pushing set: a scheduler that dies holding them leaves them there until then), ARGV[3..] =
+# members. Returns the members this call took.
+CLAIM_DUE = """
+local now = tonumber(ARGV[1])
+local taken = {}
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= now and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i])
+    taken[#taken + 1] = ARGV[i]
+  end
+end
+return taken
+"""
+
 # Move members of a sorted set that cannot be decoded to the dead set, trimmed as Sidekiq trims it.
 # KEYS[1] = the set, KEYS[2] = dead; ARGV[1] = now, ARGV[2] = cutoff score, ARGV[3] = max jobs,
 # ARGV[4..] = pairs: the member, and what to write to the dead set for it

@@ -441,6 +441,50 @@ async def test_due_members_wait_in_their_set_while_the_middleware_cannot_run(r, 
     assert await s.poll() == 1 and r.llen("queue:default") == 1
 
 
+class SlowMiddleware(MiddlewareSidecar):
+    """Its middleware takes a while: every scheduler has read the due members before any answer."""
+
+    async def client_push(self, members: list[bytes]) -> list[dict]:
+        await asyncio.sleep(0.05)
+        return await super().client_push(members)
+
+
+async def test_of_several_processes_polling_at_once_one_runs_the_middleware_on_a_job(r, made):
+    """Sidekiq's poller runs the client middleware after its own ZREM, so once per job however many
+    processes poll. Before, every scheduler that read a due member ran the middleware on it (an APM
+    span, a uniqueness lock taken twice) and only the push was de-duplicated."""
+    members = [job(i) for i in range(40)]
+    r.zadd("schedule", {m: PAST for m in members})
+    sidecar = SlowMiddleware(True)
+    schedulers = [with_sidecar(made(), sidecar) for _ in range(4)]
+    results = await asyncio.gather(*(s.tick() for s in schedulers))
+    seen = [m for call in sidecar.pushed for m in call]
+    assert sorted(seen) == sorted(members)  # each member through the middleware once
+    assert sum(c["schedule"] for c in results) == 40 and r.llen("queue:default") == 40
+    assert r.zcard("schedule") == 0 and r.zcard("fastworker:pushing:schedule") == 0
+
+
+async def test_members_a_dead_scheduler_held_go_back_when_their_lease_ends(r, made, logs):
+    held = job(7)
+    r.zadd("fastworker:pushing:retry", {held: NOW - 1})  # taken, and its process died before pushing
+    r.zadd("fastworker:pushing:schedule", {job(8): NOW + 30})  # still leased to a live process
+    sidecar = MiddlewareSidecar(True)
+    assert await with_sidecar(made(), sidecar).tick() == {"retry": 1, "schedule": 0}
+    assert sidecar.pushed == [[held]]  # through the middleware, then pushed
+    assert [orjson.loads(j)["jid"] for j in r.lrange("queue:default", 0, -1)] == [f"{7:024x}"]
+    assert r.zcard("fastworker:pushing:retry") == 0 and r.zcard("fastworker:pushing:schedule") == 1
+    assert [e["jobs"] for e in logs("scheduled_lease_expired")] == [1]
+
+
+async def test_members_taken_for_an_unreachable_sidecar_go_back_to_their_set(r, made):
+    member = job(3)
+    r.zadd("retry", {member: PAST})
+    s = with_sidecar(made(), MiddlewareSidecar(True, fail=True))
+    assert await s.poll() == 0
+    assert r.zrange("retry", 0, -1) == [member] and r.zcard("fastworker:pushing:retry") == 0
+    assert r.zscore("retry", member) <= NOW  # due at once
+
+
 # -- prepare (pure) ------------------------------------------------------------------------------
 
 def test_prepare_returns_the_queue_and_compact_json():
