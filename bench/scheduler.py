@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from collections.abc import Callable
 from typing import Any
 
@@ -57,10 +56,8 @@ def seed(r: redis.Redis, key: str, n: int, score: Callable[[int], float], start:
 
 
 def scheduler(url: str) -> Scheduler:
-    cfg = SimpleNamespace(poll_interval=1.0, sidekiq_version="auto", dead_max_jobs=10_000, dead_timeout=15_552_000)
-    launcher = SimpleNamespace(config=cfg, redis=aioredis.from_url(url), keys=Keys(), health=RedisHealth(),
-                               clock=REAL_CLOCK, metrics=None)
-    return Scheduler(launcher)
+    return Scheduler(aioredis.from_url(url), Keys(), RedisHealth(), REAL_CLOCK, poll_interval=1.0,
+                     sidekiq_version="auto", dead_max_jobs=10_000, dead_timeout=15_552_000)
 
 
 def _tick_process(url: str, go: Any, out: Any) -> None:

@@ -119,7 +119,10 @@ class Launcher:
                                   self.limiter)
         # the loops beside the job path, started before the fetcher so that what they watch exists
         # Lifecycle last: the sidecar's :startup fires once everything but the fetcher runs
-        for comp in (HttpServer(self), Heartbeat(self), Scheduler(self), Recoverer(self), self.hooks, Lifecycle(self)):
+        scheduler = Scheduler(self.redis, self.keys, self.health, self.clock, poll_interval=c.poll_interval,
+                              sidekiq_version=c.sidekiq_version, dead_max_jobs=c.dead_max_jobs,
+                              dead_timeout=c.dead_timeout, metrics=self.metrics, sidecar=self.sidecar)
+        for comp in (HttpServer(self), Heartbeat(self), scheduler, Recoverer(self), self.hooks, Lifecycle(self)):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()

@@ -43,8 +43,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import scripts
-from .broker import REDIS_ERRORS
+from .broker import REDIS_ERRORS, RedisHealth
+from .clock import Clock
 from .errors import SidecarUnavailable
+from .keys import Keys
 from .log import log
 from .poll_loop import PollLoop
 from .retry import dead_member_for, dump_job, load_job
@@ -109,19 +111,20 @@ def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
 class Scheduler(PollLoop):
     name = "scheduler"
 
-    def __init__(self, launcher: Any, batch: int = BATCH, rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, redis: Any, keys: Keys, health: RedisHealth, clock: Clock, *, poll_interval: float,
+                 sidekiq_version: str, dead_max_jobs: int, dead_timeout: int, metrics: Any = None,
+                 sidecar: Any = None, batch: int = BATCH, rand: Callable[[], float] = random.random) -> None:
         super().__init__()
-        c = launcher.config
-        self.redis = launcher.redis
-        self.keys = launcher.keys
-        self.health = launcher.health
-        self.clock = launcher.clock
-        self.metrics = getattr(launcher, "metrics", None)
-        self.sidecar = getattr(launcher, "sidecar", None)  # for the app's client middleware (duty 4a)
-        self.poll_interval = float(c.poll_interval)
-        self.version = str(c.sidekiq_version)
-        self.dead_max_jobs = c.dead_max_jobs
-        self.dead_timeout = c.dead_timeout
+        self.redis = redis
+        self.keys = keys
+        self.health = health
+        self.clock = clock
+        self.metrics = metrics
+        self.sidecar = sidecar  # for the app's client middleware (duty 4a)
+        self.poll_interval = float(poll_interval)
+        self.version = str(sidekiq_version)
+        self.dead_max_jobs = dead_max_jobs
+        self.dead_timeout = dead_timeout
         self.batch = batch
         self.rand = rand
         self.sets = ((self.keys.retry, "retry"), (self.keys.schedule, "schedule"))
@@ -275,5 +278,5 @@ class Scheduler(PollLoop):
         if n:
             self.killed += 1
             log.error("job_dead", set=name, reason=reason, payload=raw[:200].decode("utf-8", "replace"))
-            if self.metrics is not None and hasattr(self.metrics, "dead"):
+            if self.metrics is not None:
                 self.metrics.dead()

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import time
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -42,9 +41,8 @@ class FixedClock:
 def make(url: str, clock=None, namespace: str = "", batch: int = sched_mod.BATCH, **config) -> Scheduler:
     cfg = dict(poll_interval=1.0, sidekiq_version="auto", dead_max_jobs=10_000, dead_timeout=180 * 86400)
     cfg.update(config)
-    launcher = SimpleNamespace(config=SimpleNamespace(**cfg), redis=aioredis.from_url(url), keys=Keys(namespace),
-                               health=RedisHealth(), clock=clock or FixedClock(), metrics=None)
-    return Scheduler(launcher, batch=batch)
+    return Scheduler(aioredis.from_url(url), Keys(namespace), RedisHealth(), clock or FixedClock(), batch=batch,
+                     **cfg)
 
 
 @pytest.fixture
