@@ -122,7 +122,10 @@ class Launcher:
         scheduler = Scheduler(self.redis, self.keys, self.health, self.clock, poll_interval=c.poll_interval,
                               sidekiq_version=c.sidekiq_version, dead_max_jobs=c.dead_max_jobs,
                               dead_timeout=c.dead_timeout, metrics=self.metrics, sidecar=self.sidecar)
-        for comp in (HttpServer(self), Heartbeat(self), scheduler, Recoverer(self), self.hooks, Lifecycle(self)):
+        lifecycle = Lifecycle(self.sidecar, self.identity, c.heartbeat_interval, c.timeout,
+                              {"concurrency": c.concurrency, "max_retries": c.max_retries},
+                              lambda: self.quiet or self.stopping)
+        for comp in (HttpServer(self), Heartbeat(self), scheduler, Recoverer(self), self.hooks, lifecycle):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ Events are delivered one at a time, in order, by one task; failures are logged, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from .log import log
@@ -31,9 +32,14 @@ RETRY_AFTER = 1.0
 
 
 class Lifecycle:
-    def __init__(self, launcher: Any) -> None:
-        self.launcher = launcher
-        self.interval = launcher.config.heartbeat_interval
+    def __init__(self, sidecar: Any, identity: str, interval: float, timeout: float, settings: dict[str, int],
+                 quiet: Callable[[], bool]) -> None:
+        self.sidecar = sidecar
+        self.identity = identity
+        self.interval = interval
+        self.timeout = timeout  # --timeout: the sidecar's drain timeout follows it
+        self.settings = settings  # what the sidecar's Sidekiq options then say (concurrency, max_retries)
+        self.is_quiet = quiet  # the worker is quiet or stopping (its beats say so)
         self.pending: list[str] = []
         self.delivered: list[str] = []  # for tests and logs
         self.started = False  # the sidecar took our startup
@@ -106,7 +112,5 @@ class Lifecycle:
                     self.started = True
 
     async def _send(self, event: str) -> bool:
-        L = self.launcher
-        c = L.config
-        return await L.sidecar.lifecycle(event, L.identity, timeout=c.timeout, quiet=L.quiet or L.stopping,
-                                         settings={"concurrency": c.concurrency, "max_retries": c.max_retries})
+        return await self.sidecar.lifecycle(event, self.identity, timeout=self.timeout, quiet=self.is_quiet(),
+                                            settings=self.settings)
