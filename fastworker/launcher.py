@@ -40,7 +40,7 @@ from .manager import Manager
 from .metrics import Metrics
 from .processor import Processor
 from .redis_url import connect
-from .recoverer import Recoverer
+from .recoverer import Recoverer, held_jobs
 from .scheduler import Scheduler
 from .hooks import Hooks
 from .sidecar_client import SidecarClient
@@ -125,7 +125,13 @@ class Launcher:
         lifecycle = Lifecycle(self.sidecar, self.identity, c.heartbeat_interval, c.timeout,
                               {"concurrency": c.concurrency, "max_retries": c.max_retries},
                               lambda: self.quiet or self.stopping)
-        for comp in (HttpServer(self), Heartbeat(self), scheduler, Recoverer(self), self.hooks, lifecycle):
+        recoverer = Recoverer(self.redis, self.broker, self.keys, self.identity, self.health,
+                              queue_names=self.queue_names, process_ttl=c.process_ttl,
+                              heartbeat_interval=c.heartbeat_interval, poison_pill_limit=c.poison_pill_limit,
+                              dead_max_jobs=c.dead_max_jobs, dead_timeout=c.dead_timeout,
+                              held=lambda: held_jobs(self.manager, self.fetcher, self.broker),
+                              stopping=lambda: self.stopping, metrics=self.metrics)
+        for comp in (HttpServer(self), Heartbeat(self), scheduler, recoverer, self.hooks, lifecycle):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()

@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import scripts
-from .broker import REDIS_ERRORS
+from .broker import REDIS_ERRORS, Broker, RedisHealth
+from .keys import Keys
 from .log import log
 from .retry import dump_job, load_job
 
@@ -49,18 +51,35 @@ ORPHAN_AGE = 15.0
 POISON_CLASS = "Fastworker::PoisonPill"
 
 
+def held_jobs(manager: Any, fetcher: Any, broker: Broker) -> set[bytes]:
+    """Every job this process holds (duty 5): running, fetched and not yet started (or taken by an
+    idle waker), or finished with its ack not yet landed."""
+    known = {w.env.raw for w in list(manager.busy.values())}
+    known.update(fetcher.held())
+    known.update(broker.held())
+    return known
+
+
 class Recoverer:
-    def __init__(self, launcher: Any) -> None:
-        self.launcher = launcher
-        c = launcher.config
-        self.ttl = float(c.process_ttl)
-        self.limit = int(c.poison_pill_limit)
-        self.dead_max_jobs = int(c.dead_max_jobs)
-        self.dead_timeout = int(c.dead_timeout)
+    def __init__(self, redis: Any, broker: Broker, keys: Keys, identity: str, health: RedisHealth, *,
+                 queue_names: Sequence[str], process_ttl: float, heartbeat_interval: float, poison_pill_limit: int,
+                 dead_max_jobs: int, dead_timeout: int, held: Callable[[], set[bytes]],
+                 stopping: Callable[[], bool], metrics: Any = None) -> None:
+        self.redis = redis
+        self.broker = broker
+        self.health = health
+        self.queue_names = list(queue_names)
+        self.held = held  # held_jobs() of this process's manager, fetcher and broker
+        self.is_stopping = stopping  # the launcher is stopping: no re-registration, no sweeping
+        self.metrics = metrics
+        self.ttl = float(process_ttl)
+        self.limit = int(poison_pill_limit)
+        self.dead_max_jobs = int(dead_max_jobs)
+        self.dead_timeout = int(dead_timeout)
         self.interval = min(self.ttl / 4, MAX_INTERVAL)
-        self.grace = 2 * float(c.heartbeat_interval)
-        self.keys = launcher.keys
-        self.identity = launcher.identity
+        self.grace = 2 * float(heartbeat_interval)
+        self.keys = keys
+        self.identity = identity
         self._script: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -75,7 +94,7 @@ class Recoverer:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._script = self.launcher.redis.register_script(scripts.RECOVER)
+        self._script = self.redis.register_script(scripts.RECOVER)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def quiet(self) -> None:
@@ -120,14 +139,14 @@ class Recoverer:
 
     async def tick(self) -> int:
         """One pass; returns how many jobs were moved out of dead processes' lists."""
-        errors = self.launcher.health.errors
-        if errors != self._errors_seen or not self.launcher.health.ok:
+        errors = self.health.errors
+        if errors != self._errors_seen or not self.health.ok:
             if self._errors_seen != -1:
                 self._hold()  # Redis was away since the last tick: let every live process beat first
                 # a fetch whose reply was lost raised here too: look for orphans for a while
                 self._sweep_until = time.monotonic() + 4 * ORPHAN_AGE
             self._errors_seen = errors
-        registered = await self.launcher.redis.hgetall(self.keys.fw_processes)
+        registered = await self.redis.hgetall(self.keys.fw_processes)
         await self._keep_registration(registered)
         moved = 0
         if time.monotonic() >= self._hold_until:
@@ -138,15 +157,15 @@ class Recoverer:
         return moved
 
     async def _keep_registration(self, registered: dict[bytes, bytes]) -> None:
-        if self.launcher.stopping or getattr(self.launcher.broker, "stopping", False):
+        if self.is_stopping() or self.broker.stopping:
             return
         if self.identity.encode() not in registered:
             log.warn("registration_restored", identity=self.identity)
-            await self.launcher.broker.register()
+            await self.broker.register()
 
     async def dead_processes(self, registered: dict[bytes, bytes] | None = None) -> list[str]:
         """Identities registered longer ago than the TTL whose heartbeat key has expired."""
-        r = self.launcher.redis
+        r = self.redis
         if registered is None:
             registered = await r.hgetall(self.keys.fw_processes)
         cutoff = time.time() - self.ttl
@@ -171,7 +190,7 @@ class Recoverer:
 
     async def recover(self, identity: str) -> int:
         """Claim ``identity`` and move its in-progress jobs; 0 if another recoverer got there first."""
-        r = self.launcher.redis
+        r = self.redis
         k = self.keys
         queues = sorted(q.decode() for q in await r.smembers(k.inprogress_queues(identity)))
         keys = [k.fw_processes, k.process(identity), k.inprogress_queues(identity), k.fw_recovered, k.dead]
@@ -199,41 +218,26 @@ class Recoverer:
                                                   "process crashes", identity=identity)
         self.recovered += moved
         self.killed += dead
-        m = getattr(self.launcher, "metrics", None)
-        if m is not None and dead:  # the recovered and poison-pill counts are read from this component
+        if self.metrics is not None and dead:  # the recovered and poison-pill counts are read from here
             for _ in range(dead):
-                m.dead()
+                self.metrics.dead()
         return moved
 
     # -- our own lists ---------------------------------------------------------------------------
 
-    def _known(self) -> set[bytes] | None:
-        """Every job this process holds; None if a component does not tell (then no sweeping)."""
-        L = self.launcher
-        fetcher = getattr(L, "fetcher", None)
-        broker = getattr(L, "broker", None)
-        manager = getattr(L, "manager", None)
-        if fetcher is None or broker is None or manager is None:
-            return None
-        known = {w.env.raw for w in list(manager.busy.values())}
-        known.update(fetcher.held())  # fetched, not yet started; or taken by an idle waker
-        known.update(broker.held())  # finished, ack not yet landed
-        return known
-
     async def _sweep_orphans(self) -> None:
-        if self.launcher.stopping or self._known() is None:
+        if self.is_stopping():
             self._orphans.clear()
             return
-        L = self.launcher
-        async with L.redis.pipeline(transaction=False) as p:
-            for q in L.queue_names:
-                p.lrange(L.broker.inprogress_key(q), 0, -1)
+        async with self.redis.pipeline(transaction=False) as p:
+            for q in self.queue_names:
+                p.lrange(self.broker.inprogress_key(q), 0, -1)
             lists = await p.execute()
-        known = self._known() or set()  # after the read: whatever arrived meanwhile counts as known
+        known = self.held()  # after the read: whatever arrived meanwhile counts as known
         now = time.monotonic()
         seen: dict[tuple[str, bytes], float] = {}
         due: list[tuple[str, bytes]] = []
-        for q, raws in zip(L.queue_names, lists, strict=True):
+        for q, raws in zip(self.queue_names, lists, strict=True):
             for raw in raws:
                 if raw in known:
                     continue
@@ -243,7 +247,7 @@ class Recoverer:
                     due.append((q, raw))
         self._orphans = seen
         if due:
-            await L.broker.bulk_requeue(due)
+            await self.broker.bulk_requeue(due)
             for item in due:
                 self._orphans.pop(item, None)
             log.warn("orphans_requeued", count=len(due), reason="in our in-progress list but not held by "

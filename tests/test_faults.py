@@ -24,7 +24,7 @@ from fastworker import recoverer as recoverer_mod
 from fastworker.broker import Broker, RedisHealth
 from fastworker.config import Config
 from fastworker.keys import Keys
-from fastworker.recoverer import Recoverer
+from fastworker.recoverer import Recoverer, held_jobs
 from tests.helpers.faults import (check_counts, drained, fstub, has_http_server, inprogress_total, scrape_text,  # noqa: F401
                                   jobs, make_job, no_retry_spent, predis, procs, push, queue_raws, readyz, rr)
 from tests.helpers.procs import wait_until
@@ -76,8 +76,18 @@ def raw_job(jid: str, queue: str = "default") -> bytes:
     return json.dumps({"class": "HardJob", "args": [jid], "jid": jid, "queue": queue, "retry": True}).encode()
 
 
+def recoverer(L: Any) -> Recoverer:
+    """The Recoverer as the launcher builds it, for a fake_launcher."""
+    c = L.config
+    return Recoverer(L.redis, L.broker, L.keys, L.identity, L.health, queue_names=L.queue_names,
+                     process_ttl=c.process_ttl, heartbeat_interval=c.heartbeat_interval,
+                     poison_pill_limit=c.poison_pill_limit, dead_max_jobs=c.dead_max_jobs, dead_timeout=c.dead_timeout,
+                     held=lambda: held_jobs(L.manager, L.fetcher, L.broker), stopping=lambda: L.stopping,
+                     metrics=L.metrics)
+
+
 async def run_tick(launcher: Any, rec: Recoverer | None = None) -> tuple[Recoverer, int]:
-    rec = rec or Recoverer(launcher)
+    rec = rec or recoverer(launcher)
     rec._script = launcher.redis.register_script(recoverer_mod.scripts.RECOVER)
     moved = await rec.tick()
     return rec, moved
@@ -119,7 +129,7 @@ async def test_two_recoverers_racing_move_each_job_once(predis, rr):
     register_dead(rr, "dead:2:x", {"default": raws})
     a = fake_launcher(predis.url(), identity="a:1:x")
     b = fake_launcher(predis.url(), identity="b:1:x")
-    ra, rb = Recoverer(a), Recoverer(b)
+    ra, rb = recoverer(a), recoverer(b)
     for rec, L in ((ra, a), (rb, b)):
         rec._script = L.redis.register_script(recoverer_mod.scripts.RECOVER)
     got = await asyncio.gather(ra.recover("dead:2:x"), rb.recover("dead:2:x"))
@@ -187,7 +197,7 @@ async def test_a_lost_registration_is_restored(predis, rr):
 async def test_no_one_is_judged_dead_right_after_a_redis_outage(predis, rr):
     register_dead(rr, "dead:3:x", {"default": [raw_job("a")]})
     L = fake_launcher(predis.url())
-    rec = Recoverer(L)
+    rec = recoverer(L)
     rec._script = L.redis.register_script(recoverer_mod.scripts.RECOVER)
     rec._errors_seen = 0
     L.health.failed("fetch", ConnectionError("gone"))
@@ -208,7 +218,7 @@ async def test_own_orphans_are_requeued_and_held_jobs_are_not(predis, rr, monkey
     L.manager.busy["t1"] = SimpleNamespace(env=SimpleNamespace(raw=running))
     L.fetcher.in_hand = [("default", in_hand)]
     monkeypatch.setattr(L.broker, "held", lambda: [acking])
-    rec = Recoverer(L)
+    rec = recoverer(L)
     rec._sweep_until = time.monotonic() + 60  # as after a Redis error
     await run_tick(L, rec)
     assert rr.llen("queue:default") == 0  # seen once: maybe a fetch reply still on its way
