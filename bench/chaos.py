@@ -48,7 +48,7 @@ import redis  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
-from tests.helpers.faults import FileStub, HeartbeatStandIn, PrivateRedis  # noqa: E402
+from tests.helpers.faults import FileStub, PrivateRedis  # noqa: E402
 from tests.helpers.procs import Worker  # noqa: E402
 
 QUEUES = ("critical", "default")
@@ -68,7 +68,6 @@ class Chaos:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis = PrivateRedis(self.dir / "redis")
         self.stub = FileStub(self.dir / "executions.jsonl")
-        self.beats = HeartbeatStandIn(self.redis.url(), args.process_ttl)
         self.workers: list[Worker] = []
         self.retired: list[Worker] = []
         self.nstarted = 0
@@ -89,7 +88,6 @@ class Chaos:
                    log_path=self.dir / f"worker-{self.nstarted}.log")
         self.nstarted += 1
         self.workers.append(w)
-        self.beats.add(w)
         return w
 
     def check_workers(self) -> None:
@@ -281,7 +279,6 @@ class Chaos:
         return 0 if ok else 1
 
     def close(self) -> None:
-        self.beats.close()
         for w in self.workers + self.retired:
             w.kill()
         self.stub.stop(signal.SIGKILL)

@@ -16,7 +16,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,6 @@ import redis
 
 from tests.helpers.procs import ROOT, Worker, free_port, wait_http, wait_until, with_secret
 
-HAVE_HEARTBEAT = importlib.util.find_spec("fastworker.heartbeat") is not None
 
 
 # -- Redis ---------------------------------------------------------------------------------------
@@ -192,55 +190,6 @@ class FileStub:
 # -- heartbeat stand-in -----------------------------------------------------------------------
 
 
-class HeartbeatStandIn:
-    """Until fastworker/heartbeat.py exists, a live worker writes no ``<identity>`` key and would
-    look dead to every recoverer. This thread writes it for each live worker (identity from its
-    startup log line) with the TTL the heartbeat would use. A no-op when the real heartbeat exists."""
-
-    def __init__(self, redis_url: str, ttl: int, interval: float = 0.5) -> None:
-        self.enabled = not HAVE_HEARTBEAT
-        self.redis_url = redis_url
-        self.ttl = ttl
-        self.interval = interval
-        self.workers: list[Any] = []
-        self._identities: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        if self.enabled:
-            self._thread.start()
-
-    def add(self, worker: Any) -> Any:
-        self.workers.append(worker)
-        return worker
-
-    def _run(self) -> None:
-        r = redis.Redis.from_url(self.redis_url, socket_timeout=2)
-        while not self._stop.wait(self.interval):
-            for w in list(self.workers):
-                if w.proc.poll() is not None:
-                    continue
-                ident = self._identities.get(id(w))
-                if ident is None:
-                    try:
-                        start = w.events("startup")
-                    except (OSError, ValueError):
-                        continue
-                    if not start:
-                        continue
-                    ident = self._identities[id(w)] = start[0]["identity"]
-                try:
-                    r.hset(ident, "beat", time.time())
-                    r.expire(ident, self.ttl)
-                except redis.RedisError:
-                    pass
-        r.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.enabled:
-            self._thread.join(5)
-
-
 # -- jobs ------------------------------------------------------------------------------------------
 
 
@@ -349,7 +298,6 @@ class Procs:
         self.ttl = ttl
         self.workers: list[Worker] = []
         self.ports: set[int] = {stub.port}
-        self.beats = HeartbeatStandIn(self.redis_url, ttl)
 
     def worker(self, *args: str, name: str = "w") -> Worker:
         argv = ["--process-ttl", str(self.ttl), "--heartbeat-interval", "1", "--breaker-cooldown", "0.5",
@@ -365,11 +313,9 @@ class Procs:
             attempt += 1
         self.ports.add(w.http_port)
         self.workers.append(w)
-        self.beats.add(w)
         return w
 
     def close(self) -> None:
-        self.beats.close()
         for w in self.workers:
             w.kill()
 
