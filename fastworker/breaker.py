@@ -55,7 +55,6 @@ class Breaker:
         self.probe_ok = 0
         self.probe_in_flight = 0
         self.transitions: dict[str, int] = {CLOSED: 0, OPEN: 0, HALF_OPEN: 0}
-        self.on_change: Callable[[str], None] | None = None
 
     def _set(self, state: str, **fields: object) -> None:
         if state == self.state:
@@ -63,8 +62,6 @@ class Breaker:
         self.state = state
         self.transitions[state] += 1
         (log.warn if state == OPEN else log.info)(f"breaker_{state}", **fields)
-        if self.on_change:
-            self.on_change(state)
 
     # -- asked by the fetcher ---------------------------------------------------------------
 

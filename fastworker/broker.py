@@ -40,13 +40,12 @@ ACK_LINGER = 0.002  # seconds queued acks wait for a fetch to carry them before 
 class RedisHealth:
     """Shared view of whether Redis answers: read by /readyz and the logs."""
 
-    __slots__ = ("ok", "down_since", "errors", "on_change")
+    __slots__ = ("ok", "down_since", "errors")
 
     def __init__(self) -> None:
         self.ok = True
         self.down_since: float | None = None
         self.errors = 0
-        self.on_change: Callable[[bool], None] | None = None
 
     def failed(self, op: str, exc: BaseException) -> None:
         self.errors += 1
@@ -54,8 +53,6 @@ class RedisHealth:
             self.ok = False
             self.down_since = time.monotonic()
             log.error("redis_connection_lost", op=op, error_class=type(exc).__name__, error_message=str(exc))
-            if self.on_change:
-                self.on_change(False)
 
     def succeeded(self) -> None:
         if not self.ok:
@@ -63,8 +60,6 @@ class RedisHealth:
             self.ok = True
             self.down_since = None
             log.info("redis_connection_back", downtime_ms=round(down * 1000))
-            if self.on_change:
-                self.on_change(True)
 
 
 async def until_ok(op: str, fn: Callable[[], Awaitable[Any]], health: RedisHealth,

@@ -29,7 +29,14 @@ def breaker(**kw) -> tuple[Breaker, FakeMono, list[str]]:
     mono = FakeMono()
     b = Breaker(mono=mono, **kw)
     changes: list[str] = []
-    b.on_change = changes.append
+    set_state = b._set
+
+    def recording(state: str, **fields: object) -> None:  # every transition, in order
+        if state != b.state:
+            changes.append(state)
+        set_state(state, **fields)
+
+    b._set = recording  # type: ignore[method-assign]
     return b, mono, changes
 
 
