@@ -312,7 +312,7 @@ def retry_jitter(count, r, sidekiq8):
 
 cdef long long _nonneg(object value, str name) except -2:
     """value (via __index__) as a C count >= 0, or -1 when it is above LLONG_MAX: more than
-    any pool holds, which callers treat as "all" (try_acquire_many) or "too many" (release)."""
+    any pool holds, which release treats as "too many"."""
     cdef int overflow = 0
     cdef long long n
     if not PyLong_CheckExact(value):
@@ -372,29 +372,12 @@ cdef class TokenPool:
             return True
         return False
 
-    def try_acquire_many(self, n):
-        """Take up to n (>= 0) free tokens; return how many were taken."""
-        cdef long long take = _nonneg(n, "n")
-        cdef long long free = self._capacity - self._in_use
-        if free <= 0:
-            return 0
-        if take > free or take == -1:
-            take = free
-        self._in_use += take
-        if self._in_use > self._peak:
-            self._peak = self._in_use
-        return take
-
     def release(self, n=1):
         """Give back n (>= 0) tokens; RuntimeError if fewer than n are in use."""
         cdef long long k = _nonneg(n, "n")
         if k > self._in_use or k == -1:
             raise RuntimeError(f"cannot release more tokens than are in use ({self._in_use})")
         self._in_use -= k
-
-    def set_capacity(self, n):
-        """Resize the pool to n (>= 1) tokens; tokens in use are kept."""
-        self._capacity = _capacity_arg(n)
 
     def __repr__(self):
         return f"<TokenPool in_use={self._in_use} capacity={self._capacity} peak={self._peak}>"

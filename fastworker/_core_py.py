@@ -364,8 +364,7 @@ class TokenPool:
     """Integer accounting for concurrency tokens; no waiting, no asyncio.
 
     ``capacity`` tokens exist; ``in_use`` are taken; ``free = max(0, capacity - in_use)``.
-    ``peak`` is the highest ``in_use`` ever seen. :meth:`set_capacity` may shrink the pool
-    below ``in_use``: nothing is taken back, ``free`` is 0 until enough tokens are released.
+    ``peak`` is the highest ``in_use`` ever seen.
     Counts are ints (``__index__``); capacity must be in ``[1, 2**63 - 1]``.
     """
 
@@ -402,27 +401,12 @@ class TokenPool:
             return True
         return False
 
-    def try_acquire_many(self, n: int) -> int:
-        """Take up to ``n`` (>= 0) free tokens; return how many were taken."""
-        n = _nonneg(n, "n")
-        free = self._capacity - self._in_use
-        take = n if n < free else (free if free > 0 else 0)
-        if take:
-            self._in_use += take
-            if self._in_use > self._peak:
-                self._peak = self._in_use
-        return take
-
     def release(self, n: int = 1) -> None:
         """Give back ``n`` (>= 0) tokens; RuntimeError if fewer than ``n`` are in use."""
         n = _nonneg(n, "n")
         if n > self._in_use:
             raise RuntimeError(f"cannot release more tokens than are in use ({self._in_use})")
         self._in_use -= n
-
-    def set_capacity(self, n: int) -> None:
-        """Resize the pool to ``n`` (>= 1) tokens; tokens in use are kept."""
-        self._capacity = _capacity(n)
 
     def __repr__(self) -> str:
         return f"<TokenPool in_use={self._in_use} capacity={self._capacity} peak={self._peak}>"

@@ -261,10 +261,8 @@ amounts = st.one_of(st.integers(-2, 12), st.sampled_from([2**63 - 1, 2**63, 2**1
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("try_acquire")),
-        st.tuples(st.just("try_acquire_many"), amounts),
         st.tuples(st.just("release"), amounts),
         st.tuples(st.just("release")),
-        st.tuples(st.just("set_capacity"), amounts),
     ),
     max_size=40,
 )
