@@ -1,4 +1,9 @@
-"""The only module that issues job Redis commands (style.md §4.6).
+"""The job path's Redis commands: every command a fetched job's life sends goes through here.
+
+The other modules that write to Redis, each for its own duty (every Lua script lives in
+scripts.py, every key name in keys.py): scheduler.py moves due ``retry``/``schedule`` members to
+their queues, recoverer.py gives dead processes' in-progress lists back, heartbeat.py writes the
+process record, busy hashes and 7.x/8.x job metrics. hooks.py goes through this module.
 
 Duties:
 1. fetch: move jobs atomically from ``queue:NAME`` into this process's in-progress list, many per
@@ -8,7 +13,7 @@ Duties:
    instead of polling, so an idle worker sends a few commands a second and wakes within a
    millisecond of a push.
 3. ack: remove finished jobs from the in-progress list, together with the Sidekiq stat counters:
-   carried by the next fetch, or flushed alone when no fetch follows within the event-loop turn
+   carried by the next fetch, or flushed alone when no fetch carried them within ACK_LINGER
    (quiet, breaker open, every token busy); retried until it lands.
 4. requeue / retry / kill: move a job out of the in-progress list to the head of its queue, the
    retry set or the dead set, in one MULTI each, retried until it lands.
