@@ -110,6 +110,11 @@ class Heartbeat:
 
     # -- component contract ----------------------------------------------------------------------
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, watched by the launcher (/healthz names a loop that died)."""
+        return self._task
+
     async def start(self) -> None:
         await self.beat()  # listed in ProcessSet before the first job is fetched
         self._task = asyncio.get_running_loop().create_task(self._run())

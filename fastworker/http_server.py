@@ -1,7 +1,8 @@
 """The worker's HTTP endpoints (design.md "Worker HTTP endpoints") on ``--http-host``/``--http-port``.
 
-* ``GET /healthz`` - liveness: 200 while the event loop answers (this handler runs on it) and the
-  fetch loop has not died behind our back; 503 otherwise, so an orchestrator restarts the process.
+* ``GET /healthz`` - liveness: 200 while the event loop answers (this handler runs on it) and no
+  background loop (fetch, heartbeat, scheduler, recoverer, hooks, lifecycle, the breaker probe...)
+  has died behind our back; 503 naming the loops otherwise, so an orchestrator restarts the process.
 * ``GET /readyz``  - readiness, from ``launcher.ready``: 200 when Redis answers, the sidecar's
   circuit is not open and the process is not stopping; else 503 with the reason as JSON.
 * ``GET /metrics`` - Prometheus text format; the queue-wide numbers are at most a second old and
@@ -71,6 +72,11 @@ class HttpServer:
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         log.info("http_listening", host=self.host, port=self.port)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, watched by the launcher (/healthz names a loop that died)."""
+        return self._ticker
+
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
@@ -135,13 +141,11 @@ class HttpServer:
     # -- handlers ------------------------------------------------------------------------------
 
     async def healthz(self) -> Reply:
-        L = self.launcher
-        task = getattr(L, "fetch_task", None)
-        if task is not None and task.done() and not (L.quiet or L.stopping):
-            # the fetch loop ended although nobody asked it to: alive but useless
-            exc = None if task.cancelled() else task.exception()
-            return _json(503, {"status": "unhealthy", "reason": "fetch loop stopped",
-                               "error": repr(exc) if exc else None})
+        dead = self.launcher.dead_loops()
+        if dead:  # a loop ended although nobody asked it to: alive, but a part of it does not work
+            names = ", ".join(str(d["loop"]) for d in dead)
+            return _json(503, {"status": "unhealthy", "reason": f"{names} loop stopped", "loops": dead,
+                               "error": dead[0]["error"]})
         return _json(200, {"status": "ok", "loop_lag_ms": round(self.loop_lag * 1000, 3)})
 
     async def readyz(self) -> Reply:

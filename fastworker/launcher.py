@@ -16,6 +16,7 @@ TTIN:     log what every in-flight job is doing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -135,9 +136,11 @@ class Launcher:
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._flush_logs()))
-        self._tasks.append(loop.create_task(self._breaker_probe()))
-        self.fetch_task = loop.create_task(self.fetcher.run())
+        self._tasks.append(loop.create_task(self._flush_logs(), name="log_flush"))
+        self._tasks.append(loop.create_task(self._breaker_probe(), name="breaker_probe"))
+        self.fetch_task = loop.create_task(self.fetcher.run(), name="fetch")
+        for name, task in self.loops().items():
+            task.add_done_callback(functools.partial(self._loop_ended, name))
         log.info("config", **effective_config(c, self.config_sources))
         log.info("startup", identity=self.identity, queues=self.queue_names, concurrency=c.total_concurrency,
                  capsules={cap.name: cap.concurrency for cap in c.all_capsules},
@@ -145,6 +148,30 @@ class Launcher:
                  sidecar_pipeline=self.sidecar.offer.pipeline, batch_size=self.planner.size,
                  sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
+
+    # -- the loops ------------------------------------------------------------------------------
+
+    def loops(self) -> dict[str, asyncio.Task[Any]]:
+        """Every background loop by name: the fetch loop, the launcher's own, each component's."""
+        out = {t.get_name(): t for t in self._tasks}
+        if self.fetch_task is not None:
+            out["fetch"] = self.fetch_task
+        for comp in self.components:
+            if comp.task is not None:
+                out[type(comp).__name__.lower()] = comp.task
+        return out
+
+    def dead_loops(self) -> list[dict[str, str | None]]:
+        """The loops that ended although the process was neither quieted nor stopped (/healthz:
+        alive, but a part of it is not working)."""
+        if self.quiet or self.stopping:
+            return []
+        return [{"loop": name, "error": _failure(t)} for name, t in self.loops().items() if t.done()]
+
+    def _loop_ended(self, name: str, task: asyncio.Task[Any]) -> None:
+        error = _failure(task)
+        if error is not None or not (self.quiet or self.stopping):
+            log.error("loop_died", loop=name, error=error)
 
     # -- signals and remote commands ------------------------------------------------------------
 
@@ -340,3 +367,11 @@ def run(config: Config, sources: dict[str, str] | None = None) -> int:
     configure(config.log_level, config.log_format)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_amain(config, sources))
+
+
+def _failure(task: asyncio.Task[Any]) -> str | None:
+    """What ended a finished task: the exception's repr, or None (returned, or cancelled)."""
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    return repr(exc)[:500] if exc is not None else None

@@ -49,6 +49,11 @@ class Lifecycle:
 
     # -- component contract ----------------------------------------------------------------------
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, watched by the launcher (/healthz names a loop that died)."""
+        return self._task
+
     async def start(self) -> None:
         self.pending.append("startup")
         await self.tick()

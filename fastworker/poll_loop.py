@@ -20,6 +20,11 @@ class PollLoop:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, watched by the launcher (/healthz names a loop that died)."""
+        return self._task
+
     async def poll(self) -> int:
         """One tick, its errors handled (a loop never ends on one); returns how much it did."""
         raise NotImplementedError

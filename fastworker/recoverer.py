@@ -93,6 +93,11 @@ class Recoverer:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, watched by the launcher (/healthz names a loop that died)."""
+        return self._task
+
     async def start(self) -> None:
         self._script = self.redis.register_script(scripts.RECOVER)
         self._task = asyncio.get_running_loop().create_task(self._run())

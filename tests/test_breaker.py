@@ -283,3 +283,37 @@ async def test_the_probe_loop_outlives_a_tick_that_raises_and_still_half_opens()
     assert b.state == HALF_OPEN and woken == [True]
     assert [(x["loop"], x["error_message"]) for x in lines if x["event"] == "loop_failed"] == \
         [("breaker_probe", "health exploded")]
+
+
+async def test_healthz_names_any_background_loop_that_died():
+    """Every loop beside the job path is watched, not only the fetch loop: a heartbeat or scheduler
+    that ended on a bug made /healthz answer 503 with its name, where it said 200 before."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import orjson
+
+    from fastworker.http_server import HttpServer
+    from fastworker.launcher import Launcher
+
+    async def boom() -> None:
+        raise RuntimeError("a bug in the loop")
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    died, alive = asyncio.ensure_future(boom()), asyncio.ensure_future(forever())
+    fetch = asyncio.ensure_future(forever())
+    await asyncio.sleep(0)
+    fake = SimpleNamespace(quiet=False, stopping=False, fetch_task=fetch, _tasks=[alive],
+                           components=[SimpleNamespace(task=died)])
+    fake.loops = lambda: Launcher.loops(fake)  # type: ignore[arg-type]
+    fake.dead_loops = lambda: Launcher.dead_loops(fake)  # type: ignore[arg-type]
+    server = HttpServer(SimpleNamespace(config=SimpleNamespace(http_host="127.0.0.1", http_port=0), dead_loops=fake.dead_loops))
+    status, _, body = await server.healthz()
+    assert status == 503
+    assert orjson.loads(body)["loops"] == [{"loop": "simplenamespace", "error": "RuntimeError('a bug in the loop')"}]
+    fake.stopping = True  # stopping: loops end on purpose, nothing to report
+    assert (await server.healthz())[0] == 200
+    for t in (alive, fetch):
+        t.cancel()
