@@ -38,3 +38,4 @@ cdef class TokenPool:
 
 cpdef Envelope decode_envelope(object raw)
 cpdef object to_epoch_seconds(object value)
+cpdef bint ms_timestamps(object created, object enqueued)

@@ -42,6 +42,7 @@ __all__ = (
     "PayloadError",
     "TokenPool",
     "decode_envelope",
+    "ms_timestamps",
     "retry_delay",
     "retry_jitter",
     "to_epoch_seconds",
@@ -270,11 +271,15 @@ cpdef Envelope decode_envelope(object raw):
     env.enqueued_at = to_epoch_seconds(enqueued)
     env.failed_at = to_epoch_seconds(<object>slots[S_FAILED_AT])
     env.retried_at = to_epoch_seconds(<object>slots[S_RETRIED_AT])
-    if PyLong_CheckExact(created) or PyFloat_CheckExact(created):
-        env.ms_timestamps = PyLong_CheckExact(created)
-    else:
-        env.ms_timestamps = PyLong_CheckExact(enqueued)
+    env.ms_timestamps = ms_timestamps(created, enqueued)
     return env
+
+
+cpdef bint ms_timestamps(object created, object enqueued):
+    """See fastworker._core_py.ms_timestamps."""
+    if PyLong_CheckExact(created) or PyFloat_CheckExact(created):
+        return PyLong_CheckExact(created)
+    return PyLong_CheckExact(enqueued)
 
 
 def retry_delay(count, jitter):

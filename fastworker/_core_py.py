@@ -28,6 +28,7 @@ __all__ = (
     "PayloadError",
     "TokenPool",
     "decode_envelope",
+    "ms_timestamps",
     "retry_delay",
     "retry_jitter",
     "to_epoch_seconds",
@@ -112,6 +113,14 @@ def to_epoch_seconds(value: object) -> float | None:
         except OverflowError:
             return None
     return None
+
+
+def ms_timestamps(created: object, enqueued: object) -> bool:
+    """Does this job write Sidekiq 8's integer-millisecond timestamps? Its ``created_at`` says (an
+    integer: yes, a float: no); without a numeric one, its ``enqueued_at`` (an integer: yes)."""
+    if type(created) is int or type(created) is float:
+        return type(created) is int
+    return type(enqueued) is int
 
 
 def _prop(name: str, doc: str) -> property:
@@ -269,10 +278,6 @@ def decode_envelope(raw: bytes | bytearray | memoryview | str) -> Envelope:
 
     created = get("created_at")
     enqueued = get("enqueued_at")
-    if type(created) is int or type(created) is float:
-        ms_timestamps = type(created) is int
-    else:
-        ms_timestamps = type(enqueued) is int
 
     env = _new_envelope(Envelope)
     env._raw = raw
@@ -294,7 +299,7 @@ def decode_envelope(raw: bytes | bytearray | memoryview | str) -> Envelope:
     env._enqueued_at = to_epoch_seconds(enqueued)
     env._failed_at = to_epoch_seconds(get("failed_at"))
     env._retried_at = to_epoch_seconds(get("retried_at"))
-    env._ms_timestamps = ms_timestamps
+    env._ms_timestamps = ms_timestamps(created, enqueued)
     return env
 
 

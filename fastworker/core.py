@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 NO_EXTENSIONS = bool(os.environ.get("FASTWORKER_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._core_py import (IMPLEMENTATION, Envelope, PayloadError, TokenPool, decode_envelope, retry_delay,
-                           retry_jitter, to_epoch_seconds)
+    from ._core_py import (IMPLEMENTATION, Envelope, PayloadError, TokenPool, decode_envelope, ms_timestamps,
+                           retry_delay, retry_jitter, to_epoch_seconds)
 else:
     try:
-        from ._core import (IMPLEMENTATION, Envelope, PayloadError, TokenPool, decode_envelope, retry_delay,
-                            retry_jitter, to_epoch_seconds)
+        from ._core import (IMPLEMENTATION, Envelope, PayloadError, TokenPool, decode_envelope, ms_timestamps,
+                            retry_delay, retry_jitter, to_epoch_seconds)
     except ImportError:  # pragma: no cover - not built; tests/core/test_selector.py catches this
         from ._core_py import (IMPLEMENTATION, Envelope, PayloadError, TokenPool, decode_envelope,
-                               retry_delay, retry_jitter, to_epoch_seconds)
+                               ms_timestamps, retry_delay, retry_jitter, to_epoch_seconds)
 
 __all__ = (
     "IMPLEMENTATION",
@@ -28,6 +28,7 @@ __all__ = (
     "PayloadError",
     "TokenPool",
     "decode_envelope",
+    "ms_timestamps",
     "retry_delay",
     "retry_jitter",
     "to_epoch_seconds",

@@ -42,7 +42,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from . import scripts
+from . import core, scripts
 from .broker import REDIS_ERRORS, RedisHealth
 from .clock import Clock
 from .errors import SidecarUnavailable
@@ -87,9 +87,7 @@ def prepare(raw: bytes, now: float, version: str = "auto") -> tuple[str, bytes]:
         raise BadMember(f"invalid 'queue' (got {_kind(queue)})")
 
     if version == "auto":
-        created = job.get("created_at")
-        probe = created if type(created) in (int, float) else job.get("enqueued_at")
-        ms = type(probe) is int
+        ms = core.ms_timestamps(job.get("created_at"), job.get("enqueued_at"))
     else:
         ms = version == "8"
     stamp: float | int = int(now * 1000) if ms else now

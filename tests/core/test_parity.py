@@ -289,3 +289,16 @@ def test_token_pool_parity(twins: tuple[ModuleType, ModuleType], capacity: int, 
         cap, in_use, free, peak, _ = states[0]
         assert free == max(0, cap - in_use)
         assert 0 <= in_use <= peak
+
+
+# -- the Sidekiq 8 timestamp rule ------------------------------------------------------------------
+
+stamps = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=3))
+
+
+@SETTINGS
+@given(created=stamps, enqueued=stamps)
+def test_ms_timestamps_parity(twins: tuple[ModuleType, ModuleType], created: object, enqueued: object) -> None:
+    """One rule for both the decoder and the scheduler (scheduler.prepare asks the core)."""
+    c, py = twins
+    assert c.ms_timestamps(created, enqueued) is py.ms_timestamps(created, enqueued)

@@ -16,7 +16,7 @@ from fastworker import _core_py, core
 from .conftest import NO_EXTENSIONS
 
 PUBLIC = {
-    "IMPLEMENTATION", "Envelope", "PayloadError", "TokenPool", "decode_envelope", "retry_delay",
+    "IMPLEMENTATION", "Envelope", "PayloadError", "TokenPool", "decode_envelope", "ms_timestamps", "retry_delay",
     "retry_jitter", "to_epoch_seconds",
 }  # fmt: skip
 ROOT = Path(__file__).resolve().parents[2]
