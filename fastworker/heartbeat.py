@@ -10,7 +10,8 @@ writes it, so a fastworker process shows up (and obeys Quiet/Stop) like any Side
   ProcessSet cleanup could prune us); ``EXISTS <id>``; ``HSET <id> info busy beat quiet rss rtt_us
   concurrency``; ``EXPIRE <id> <ttl>``; ``RPOP <id>-signals``.
 * a popped signal (the Web UI's / API's ``quiet!``, ``stop!``, ``dump_threads``) goes to
-  ``launcher.handle_signal_name``: TSTP quiets, TERM stops, TTIN logs every in-flight job.
+  ``on_signal`` (the launcher's handle_signal_name): TSTP quiets, TERM stops, TTIN logs every
+  in-flight job.
 * a beat at start, then every ``heartbeat_interval`` (5 s, Sidekiq 6's BEAT_PAUSE), and at once when
   the process turns quiet or starts stopping, so the UI shows it without waiting.
 * a failed beat is a Redis error like any other (``health.failed``); the loop carries on.
@@ -27,15 +28,16 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
 from . import __version__
-from .broker import REDIS_ERRORS
+from .broker import REDIS_ERRORS, RedisHealth
 from .capsules import queue_mode
 from .clock import wait_event
+from .keys import Keys
 from .log import log
 
 CLEAR_TIMEOUT = 3.0  # seconds the final SREM/UNLINK may take before shutdown goes on without it
@@ -54,27 +56,26 @@ def rss_kb() -> int:
     return 0
 
 
-def process_info(launcher: Any) -> dict[str, Any]:
+def process_info(c: Any, started_at: float, queue_names: list[str], identity: str) -> dict[str, Any]:
     """The ``info`` JSON: every field Sidekiq 6.4.1 through 8.1 writes (compat §2.2's table). With capsules,
     as 7.x/8.x's Launcher#to_data: ``capsules`` is name -> {concurrency, mode, weights} (Capsule#to_h),
     ``queues`` every capsule's queues once, ``weights`` one hash per capsule; ``concurrency`` (read by
     6.x and by ProcessSet#total_concurrency) is the sum."""
-    c = launcher.config
     capsules: dict[str, Any] = {}
     for cap in c.all_capsules:
         weights = cap.weights  # a name is in one capsule once: duplicates are refused when read
         capsules[cap.name] = {"concurrency": cap.concurrency, "mode": queue_mode(weights), "weights": weights}
     return {
         "hostname": os.environ.get("DYNO") or socket.gethostname(),
-        "started_at": float(launcher.started_at),
+        "started_at": float(started_at),
         "pid": os.getpid(),
         "tag": c.tag or "",
         "concurrency": c.total_concurrency,
-        "queues": list(launcher.queue_names),
+        "queues": list(queue_names),
         "weights": [cap["weights"] for cap in capsules.values()],
         "capsules": capsules,
         "labels": list(c.labels),
-        "identity": launcher.identity,
+        "identity": identity,
         # shown by the 7.x/8.x Busy page when it differs from the UI's own Sidekiq version
         "version": f"fastworker {__version__}",
         "embedded": False,
@@ -82,19 +83,27 @@ def process_info(launcher: Any) -> dict[str, Any]:
 
 
 class Heartbeat:
-    def __init__(self, launcher: Any) -> None:
-        self.launcher = launcher
-        c = launcher.config
-        self.interval = c.heartbeat_interval
-        self.ttl = c.process_ttl
-        k = launcher.keys
-        ident = launcher.identity
+    def __init__(self, redis: Any, keys: Keys, identity: str, health: RedisHealth, info: dict[str, Any], *,
+                 interval: float, ttl: int, busy: Callable[[], list[Any]], quiet: Callable[[], bool],
+                 on_signal: Callable[[str], None], metrics: Any = None, job_metrics: Any = None) -> None:
+        self.redis = redis
+        self.identity = identity
+        self.health = health
+        self.interval = interval
+        self.ttl = ttl
+        self.concurrency = info["concurrency"]
+        self.busy = busy  # the jobs in flight (the manager's busy map)
+        self.is_quiet = quiet  # quiet or stopping: the record says "quiet"
+        self.on_signal = on_signal
+        self.job_metrics = job_metrics  # Sidekiq 7+/8's, flushed with each beat (None on 6.x)
+        k = keys
+        ident = identity
         self.key = k.process(ident)
         self.work_key = k.work(ident)
         self.workers_key = k.workers(ident)
         self.signals_key = k.signals(ident)
         self.processes_key = k.processes
-        self.info_json = orjson.dumps(process_info(launcher))
+        self.info_json = orjson.dumps(info)
         self.beats = 0
         self.last_beat: float | None = None
         self._known: bool | None = None  # did our record exist at the last beat?
@@ -104,7 +113,6 @@ class Heartbeat:
         self._rtts: deque[int] = deque(maxlen=5)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        metrics = getattr(launcher, "metrics", None)
         if metrics is not None:
             metrics.add_collector(self._metrics)
 
@@ -141,11 +149,11 @@ class Heartbeat:
 
     async def _clear(self) -> None:
         await self._flush_job_metrics(time.time())  # the last jobs' metrics, as Sidekiq's final beat
-        async with self.launcher.redis.pipeline(transaction=True) as p:
-            p.srem(self.processes_key, self.launcher.identity)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.srem(self.processes_key, self.identity)
             p.unlink(self.work_key, self.workers_key)
             await p.execute()
-        log.info("heartbeat_cleared", identity=self.launcher.identity)
+        log.info("heartbeat_cleared", identity=self.identity)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -174,16 +182,14 @@ class Heartbeat:
 
     async def beat(self) -> bool:
         """One heartbeat; False (logged, counted as a Redis error) when Redis did not take it."""
-        L = self.launcher
-        works = list(L.manager.busy.values())
-        busy = self._busy_payloads(works)
-        quiet = L.quiet or L.stopping
+        busy = self._busy_payloads(self.busy())
+        quiet = self.is_quiet()
         try:
             t0 = time.perf_counter()
-            await L.redis.ping()
+            await self.redis.ping()
             rtt_us = max(1, int((time.perf_counter() - t0) * 1_000_000))
             now = time.time()
-            async with L.redis.pipeline(transaction=True) as p:
+            async with self.redis.pipeline(transaction=True) as p:
                 if busy or self._had_busy:  # nothing busy now or last beat: the hashes are gone already
                     p.unlink(self.work_key, self.workers_key)
                 if busy:
@@ -191,7 +197,7 @@ class Heartbeat:
                     p.hset(self.workers_key, mapping=busy)
                     p.expire(self.work_key, self.ttl)
                     p.expire(self.workers_key, self.ttl)
-                p.sadd(self.processes_key, L.identity)
+                p.sadd(self.processes_key, self.identity)
                 p.exists(self.key)
                 p.hset(self.key, mapping={
                     "info": self.info_json,
@@ -200,18 +206,18 @@ class Heartbeat:
                     "quiet": "true" if quiet else "false",
                     "rss": rss_kb(),
                     "rtt_us": rtt_us,
-                    "concurrency": L.config.total_concurrency,
+                    "concurrency": self.concurrency,
                 })
                 p.expire(self.key, self.ttl)
                 p.rpop(self.signals_key)
                 res = await p.execute()
         except REDIS_ERRORS as exc:
-            L.health.failed("heartbeat", exc)
+            self.health.failed("heartbeat", exc)
             return False
         except Exception as exc:  # noqa: BLE001 - e.g. a Redis error reply; the loop must survive
             log.error("heartbeat_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
             return False
-        L.health.succeeded()
+        self.health.succeeded()
         await self._flush_job_metrics(now)
         self._had_busy = bool(busy)
         self.beats += 1
@@ -225,19 +231,19 @@ class Heartbeat:
         if not existed:
             # first beat, or the record expired during an outage and is back now
             log.info("heartbeat_registered" if self._known is None else "heartbeat_restored",
-                     identity=L.identity, busy=len(busy), rtt_us=rtt_us)
+                     identity=self.identity, busy=len(busy), rtt_us=rtt_us)
         self._known = True
         sig = res[-1]
         if sig is not None:
             name = sig.decode("utf-8", "replace") if isinstance(sig, bytes) else str(sig)
-            log.info("remote_signal", signal=name, identity=L.identity)
-            L.handle_signal_name(name)
+            log.info("remote_signal", signal=name, identity=self.identity)
+            self.on_signal(name)
         return True
 
     async def _flush_job_metrics(self, now: float) -> None:
         """Sidekiq 7+/8's job metrics counted since the last beat (fastworker/job_metrics.py), as its
         ExecutionTracker flushes them on every beat; counts that did not land go with the next beat."""
-        jm = getattr(self.launcher, "job_metrics", None)
+        jm = self.job_metrics
         if jm is None:
             return
         rows = jm.take()
@@ -245,7 +251,7 @@ class Heartbeat:
         if not commands:
             return
         try:
-            async with self.launcher.redis.pipeline(transaction=False) as p:
+            async with self.redis.pipeline(transaction=False) as p:
                 for command in commands:
                     p.execute_command(*command)
                 await p.execute()

@@ -30,7 +30,7 @@ from .broker import Broker, RedisHealth
 from .clock import REAL_CLOCK, Clock
 from .config import Config
 from .fetch_pools import FetchPools
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, process_info
 from .http_server import HttpServer
 from .keys import Keys
 from .job_metrics import JobMetrics
@@ -125,14 +125,19 @@ class Launcher:
                               dead_timeout=c.dead_timeout, metrics=self.metrics, sidecar=self.sidecar)
         lifecycle = Lifecycle(self.sidecar, self.identity, c.heartbeat_interval, c.timeout,
                               {"concurrency": c.concurrency, "max_retries": c.max_retries},
-                              lambda: self.quiet or self.stopping)
+                              self.is_quiet)
         recoverer = Recoverer(self.redis, self.broker, self.keys, self.identity, self.health,
                               queue_names=self.queue_names, process_ttl=c.process_ttl,
                               heartbeat_interval=c.heartbeat_interval, poison_pill_limit=c.poison_pill_limit,
                               dead_max_jobs=c.dead_max_jobs, dead_timeout=c.dead_timeout,
                               held=lambda: held_jobs(self.manager, self.fetcher, self.broker),
                               stopping=lambda: self.stopping, metrics=self.metrics)
-        for comp in (HttpServer(self), Heartbeat(self), scheduler, recoverer, self.hooks, lifecycle):
+        heartbeat = Heartbeat(self.redis, self.keys, self.identity, self.health,
+                              process_info(c, self.started_at, self.queue_names, self.identity),
+                              interval=c.heartbeat_interval, ttl=c.process_ttl,
+                              busy=lambda: list(self.manager.busy.values()), quiet=self.is_quiet,
+                              on_signal=self.handle_signal_name, metrics=self.metrics, job_metrics=self.job_metrics)
+        for comp in (HttpServer(self), heartbeat, scheduler, recoverer, self.hooks, lifecycle):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()
@@ -149,6 +154,10 @@ class Launcher:
                  sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__)
 
+    def is_quiet(self) -> bool:
+        """Quiet (TSTP, the Web UI's Quiet) or stopping: no new work is fetched."""
+        return self.quiet or self.stopping
+
     # -- the loops ------------------------------------------------------------------------------
 
     def loops(self) -> dict[str, asyncio.Task[Any]]:
@@ -164,13 +173,13 @@ class Launcher:
     def dead_loops(self) -> list[dict[str, str | None]]:
         """The loops that ended although the process was neither quieted nor stopped (/healthz:
         alive, but a part of it is not working)."""
-        if self.quiet or self.stopping:
+        if self.is_quiet():
             return []
         return [{"loop": name, "error": _failure(t)} for name, t in self.loops().items() if t.done()]
 
     def _loop_ended(self, name: str, task: asyncio.Task[Any]) -> None:
         error = _failure(task)
-        if error is not None or not (self.quiet or self.stopping):
+        if error is not None or not self.is_quiet():
             log.error("loop_died", loop=name, error=error)
 
     # -- signals and remote commands ------------------------------------------------------------

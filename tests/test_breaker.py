@@ -307,6 +307,7 @@ async def test_healthz_names_any_background_loop_that_died():
     await asyncio.sleep(0)
     fake = SimpleNamespace(quiet=False, stopping=False, fetch_task=fetch, _tasks=[alive],
                            components=[SimpleNamespace(task=died)])
+    fake.is_quiet = lambda: Launcher.is_quiet(fake)  # type: ignore[arg-type]
     fake.loops = lambda: Launcher.loops(fake)  # type: ignore[arg-type]
     fake.dead_loops = lambda: Launcher.dead_loops(fake)  # type: ignore[arg-type]
     server = HttpServer(SimpleNamespace(config=SimpleNamespace(http_host="127.0.0.1", http_port=0), dead_loops=fake.dead_loops))
