@@ -114,6 +114,7 @@ def _truthy(value: Any) -> bool:
 
 def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Policy,
            rand: Callable[[], float] = random.random) -> RetryAt | Dead | Discard:
+    """What Sidekiq's JobRetry does with a job that raised: retry it, kill it, or drop it."""
     # re-parse exactly when orjson would have turned a long integer into a float
     job: dict[str, Any] = load_job(env.raw) if _LONG_DIGITS.search(env.raw) else dict(env.job)
     # JobRetry#local: a missing or null `retry` is taken from the class's sidekiq_options
@@ -121,22 +122,29 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
     if retry_opt is None:
         retry_opt = failure.class_retry
     ms = env.ms_timestamps if policy.sidekiq_version == "auto" else policy.sidekiq_version == "8"
-    sidekiq8 = ms
 
     if not _truthy(retry_opt):
         # retry: false (or nil): no retry, no dead entry; JobRetry#global runs the death handlers
         # only, with the job as it was fetched (no error fields)
         return Dead(job, run_exhausted_block=False, to_dead_set=False)
     job["retry"] = retry_opt  # as JobRetry#local stores the class option it filled in
+    count = _record_failure(job, env, failure, fetched_queue, sidekiq_time(now, ms))
+    # exhausted comes first: Sidekiq does not consult sidekiq_retry_in (so no :discard) then
+    if _exhausted(env, job, count, retry_opt, policy, now):
+        # an error before the job instance existed (Sidekiq's "global" stage: unknown class, the
+        # reloader) has no class whose sidekiq_retries_exhausted could run
+        return Dead(job, run_exhausted_block=failure.body.get("stage") != "global", to_dead_set=env.dead)
+    return _as_retry_in_says(job, env, failure, count, now, ms, rand)
 
+
+def _record_failure(job: dict[str, Any], env: Any, failure: Failed, fetched_queue: str, stamp: float | int) -> int:
+    """The fields JobRetry#local writes into the job; returns its new ``retry_count``."""
     # Ruby scrubs invalid text to U+FFFD; a lone surrogate is the JSON-side equivalent
     message = failure.error_message[:MESSAGE_LIMIT]
     message = message.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     job["queue"] = env.retry_queue or fetched_queue
     job["error_message"] = message
     job["error_class"] = failure.error_class
-
-    stamp = sidekiq_time(now, ms)
     if env.retry_count is not None:
         job["retried_at"] = stamp
         count = env.retry_count + 1
@@ -146,7 +154,11 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
     job["retry_count"] = count
     if _truthy(env.backtrace) and failure.backtrace is not None:
         job["error_backtrace"] = encode_backtrace(failure.backtrace, env.backtrace)
+    return count
 
+
+def _exhausted(env: Any, job: dict[str, Any], count: int, retry_opt: Any, policy: Policy, now: float) -> bool:
+    """No retry left: the count reached the limit, or ``retry_for``'s window is over."""
     max_retries = retry_opt if isinstance(retry_opt, int) and not isinstance(retry_opt, bool) else policy.max_retries
     exhausted = count >= max_retries
     if env.retry_for is not None:
@@ -155,12 +167,12 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
             window_over = failed_at + env.retry_for < now
             # 8.1+: retry_for replaces the count; 7.1.3-8.0: either ends the retries
             exhausted = window_over if policy.sidekiq_version == "8" else (exhausted or window_over)
-    # exhausted comes first: Sidekiq does not consult sidekiq_retry_in (so no :discard) then
-    if exhausted:
-        # an error before the job instance existed (Sidekiq's "global" stage: unknown class, the
-        # reloader) has no class whose sidekiq_retries_exhausted could run
-        return Dead(job, run_exhausted_block=failure.body.get("stage") != "global", to_dead_set=env.dead)
+    return exhausted
 
+
+def _as_retry_in_says(job: dict[str, Any], env: Any, failure: Failed, count: int, now: float, sidekiq8: bool,
+                      rand: Callable[[], float]) -> RetryAt | Dead | Discard:
+    """A retry left: the class's ``sidekiq_retry_in`` may discard or kill it, or set the delay."""
     retry_in = failure.retry_in
     if retry_in == "discard":
         if not sidekiq8:  # 7.x: "do nothing, job goes poof"
@@ -169,7 +181,6 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
         return Discard(job)
     if retry_in == "kill":
         return Dead(job, run_exhausted_block=True, to_dead_set=env.dead)
-
     jitter = core.retry_jitter(count, rand(), sidekiq8)
     if isinstance(retry_in, int) and retry_in > 0:
         delay = retry_in + jitter
