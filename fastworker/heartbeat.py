@@ -183,34 +183,12 @@ class Heartbeat:
     async def beat(self) -> bool:
         """One heartbeat; False (logged, counted as a Redis error) when Redis did not take it."""
         busy = self._busy_payloads(self.busy())
-        quiet = self.is_quiet()
         try:
             t0 = time.perf_counter()
             await self.redis.ping()
             rtt_us = max(1, int((time.perf_counter() - t0) * 1_000_000))
             now = time.time()
-            async with self.redis.pipeline(transaction=True) as p:
-                if busy or self._had_busy:  # nothing busy now or last beat: the hashes are gone already
-                    p.unlink(self.work_key, self.workers_key)
-                if busy:
-                    p.hset(self.work_key, mapping=busy)
-                    p.hset(self.workers_key, mapping=busy)
-                    p.expire(self.work_key, self.ttl)
-                    p.expire(self.workers_key, self.ttl)
-                p.sadd(self.processes_key, self.identity)
-                p.exists(self.key)
-                p.hset(self.key, mapping={
-                    "info": self.info_json,
-                    "busy": len(busy),
-                    "beat": repr(now),
-                    "quiet": "true" if quiet else "false",
-                    "rss": rss_kb(),
-                    "rtt_us": rtt_us,
-                    "concurrency": self.concurrency,
-                })
-                p.expire(self.key, self.ttl)
-                p.rpop(self.signals_key)
-                res = await p.execute()
+            existed, signal = await self._write(busy, self.is_quiet(), rtt_us, now)
         except REDIS_ERRORS as exc:
             self.health.failed("heartbeat", exc)
             return False
@@ -222,23 +200,51 @@ class Heartbeat:
         self._had_busy = bool(busy)
         self.beats += 1
         self.last_beat = now
-        self.last_rtt_us = rtt_us
-        self._rtts.append(rtt_us)
-        if len(self._rtts) == self._rtts.maxlen and min(self._rtts) > RTT_WARNING_US:
-            log.warn("redis_rtt_high", rtt_us=list(self._rtts), threshold_us=RTT_WARNING_US)
-            self._rtts.clear()
-        existed = bool(res[-4])
+        self._watch_rtt(rtt_us)
         if not existed:
             # first beat, or the record expired during an outage and is back now
             log.info("heartbeat_registered" if self._known is None else "heartbeat_restored",
                      identity=self.identity, busy=len(busy), rtt_us=rtt_us)
         self._known = True
-        sig = res[-1]
-        if sig is not None:
-            name = sig.decode("utf-8", "replace") if isinstance(sig, bytes) else str(sig)
+        if signal is not None:
+            name = signal.decode("utf-8", "replace") if isinstance(signal, bytes) else str(signal)
             log.info("remote_signal", signal=name, identity=self.identity)
             self.on_signal(name)
         return True
+
+    async def _write(self, busy: dict[str, bytes], quiet: bool, rtt_us: int, now: float) -> tuple[bool, Any]:
+        """The beat's one MULTI; returns whether our record existed, and the signal popped (or None)."""
+        async with self.redis.pipeline(transaction=True) as p:
+            if busy or self._had_busy:  # nothing busy now or last beat: the hashes are gone already
+                p.unlink(self.work_key, self.workers_key)
+            if busy:
+                p.hset(self.work_key, mapping=busy)
+                p.hset(self.workers_key, mapping=busy)
+                p.expire(self.work_key, self.ttl)
+                p.expire(self.workers_key, self.ttl)
+            p.sadd(self.processes_key, self.identity)
+            p.exists(self.key)
+            p.hset(self.key, mapping={
+                "info": self.info_json,
+                "busy": len(busy),
+                "beat": repr(now),
+                "quiet": "true" if quiet else "false",
+                "rss": rss_kb(),
+                "rtt_us": rtt_us,
+                "concurrency": self.concurrency,
+            })
+            p.expire(self.key, self.ttl)
+            p.rpop(self.signals_key)
+            res = await p.execute()
+        return bool(res[-4]), res[-1]
+
+    def _watch_rtt(self, rtt_us: int) -> None:
+        """Sidekiq's RTT warning: five beats in a row slower than RTT_WARNING_US."""
+        self.last_rtt_us = rtt_us
+        self._rtts.append(rtt_us)
+        if len(self._rtts) == self._rtts.maxlen and min(self._rtts) > RTT_WARNING_US:
+            log.warn("redis_rtt_high", rtt_us=list(self._rtts), threshold_us=RTT_WARNING_US)
+            self._rtts.clear()
 
     async def _flush_job_metrics(self, now: float) -> None:
         """Sidekiq 7+/8's job metrics counted since the last beat (fastworker/job_metrics.py), as its
