@@ -632,65 +632,85 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Ma
     """
     from . import sidekiq_config
 
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-
-    def take(opt: Option, raw: object, source: str, *, from_file: bool = False) -> None:
-        values[opt.field] = _parse(opt, raw, source, from_file=from_file)
-        sources[opt.field] = source
-
+    layers = _Layers()
     answer = sidekiq_config.answer_layer(sidekiq, _YAML_KEYS) if sidekiq is not None else {}
-
-    # Layers from the highest precedence down; a field keeps the first value it gets.
-    for opt in OPTIONS:
-        raw = getattr(ns, opt.field, None)
-        if raw is not None:
-            take(opt, raw, opt.name)
-    if getattr(ns, "verbose", False) and "log_level" not in values:
-        values["log_level"], sources["log_level"] = "debug", "--verbose"
-
-    later_env: list[tuple[Option, tuple[str, str]]] = []
-    for opt in OPTIONS:
-        if opt.field in values:
-            continue
-        found = _from_env(opt, env)
-        if found is None:
-            continue
-        if found[0].startswith("FASTWORKER_") or opt.field not in answer:
-            take(opt, found[1], found[0])
-        else:
-            later_env.append((opt, found))  # Sidekiq read this variable too; its answer comes first
-
-    for field, (raw, source) in answer.items():
-        if field not in values:
-            take(_BY_FIELD[field], raw, source, from_file=True)
-    for opt, (name, raw) in later_env:
-        if opt.field not in values:
-            take(opt, raw, name)
-
-    config_file = values.get("config_file")
+    layers.flags(ns)
+    layers.environment_and_answer(env, answer)
     if sidekiq is None and read_file:
+        layers.file(env)
+    values, sources = layers.values, layers.sources
+    _version_defaults(values, sources, sidekiq)
+    if sources_out is not None:
+        sources_out.update(sources)
+    config = Config(**values)
+    config = _settle_capsules(config, sources.get("capsules", "--capsule"))
+    _check_ttl(config, sources)
+    return config
+
+
+class _Layers:
+    """The values found so far and where each came from; a field keeps the first value it gets,
+    so the layers are applied from the highest precedence down."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+
+    def take(self, opt: Option, raw: object, source: str, *, from_file: bool = False) -> None:
+        self.values[opt.field] = _parse(opt, raw, source, from_file=from_file)
+        self.sources[opt.field] = source
+
+    def flags(self, ns: argparse.Namespace) -> None:
+        for opt in OPTIONS:
+            raw = getattr(ns, opt.field, None)
+            if raw is not None:
+                self.take(opt, raw, opt.name)
+        if getattr(ns, "verbose", False) and "log_level" not in self.values:
+            self.values["log_level"], self.sources["log_level"] = "debug", "--verbose"
+
+    def environment_and_answer(self, env: Mapping[str, str], answer: Mapping[str, tuple[Any, str]]) -> None:
+        """FASTWORKER_* variables, then Sidekiq's answer, then the variables Sidekiq reads itself
+        (REDIS_URL...), which its answer already reflects when it has the field."""
+        later_env: list[tuple[Option, tuple[str, str]]] = []
+        for opt in OPTIONS:
+            if opt.field in self.values:
+                continue
+            found = _from_env(opt, env)
+            if found is None:
+                continue
+            if found[0].startswith("FASTWORKER_") or opt.field not in answer:
+                self.take(opt, found[1], found[0])
+            else:
+                later_env.append((opt, found))  # Sidekiq read this variable too; its answer comes first
+        for field, (raw, source) in answer.items():
+            if field not in self.values:
+                self.take(_BY_FIELD[field], raw, source, from_file=True)
+        for opt, (name, raw) in later_env:
+            if opt.field not in self.values:
+                self.take(opt, raw, name)
+
+    def file(self, env: Mapping[str, str]) -> None:
+        """Without Sidekiq's answer: the -C file or the one found under the app root, read by the
+        Python reader, then RAILS_MAX_THREADS."""
+        values = self.values
+        config_file = values.get("config_file")
         if config_file is None:
             found_file = discover_config_file(values.get("rails_root"))
             if found_file is not None:
                 values["config_file"] = config_file = found_file
-                sources["config_file"] = found_file
+                self.sources["config_file"] = found_file
         if config_file is not None:
             # Sidekiq picks the file's section by -e, then APP_ENV/RAILS_ENV/RACK_ENV, then "development".
             section = values.get("environment") or "development"
-            for key, (raw, source) in _read_sidekiq_yaml(config_file, sources["config_file"], section, env).items():
+            for key, (raw, source) in _read_sidekiq_yaml(config_file, self.sources["config_file"], section,
+                                                         env).items():
                 if key not in values:
-                    take(_BY_FIELD[key], raw, source, from_file=True)
-
+                    self.take(_BY_FIELD[key], raw, source, from_file=True)
         if "concurrency" not in values and (env.get("RAILS_MAX_THREADS") or "").strip():
-            take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
+            self.take(_BY_FIELD["concurrency"], env["RAILS_MAX_THREADS"], "RAILS_MAX_THREADS")
 
-    _version_defaults(values, sources, sidekiq)
-    if sources_out is not None:
-        sources_out.update(sources)
 
-    config = Config(**values)
-    config = _settle_capsules(config, sources.get("capsules", "--capsule"))
+def _check_ttl(config: Config, sources: Mapping[str, str]) -> None:
     if config.process_ttl <= config.heartbeat_interval:
         # The process record would expire between heartbeats. Blame whichever of the two was set.
         if "process_ttl" in sources or "heartbeat_interval" not in sources:
@@ -702,7 +722,6 @@ def config_from_args(ns: argparse.Namespace, env: Mapping[str, str], sidekiq: Ma
             f"{sources['heartbeat_interval']}: must be less than the process TTL ({config.process_ttl} s), "
             f"got {config.heartbeat_interval:g}"
         )
-    return config
 
 
 def _settle_capsules(config: Config, source: str) -> Config:
