@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make compose-test: the compose stack built, run and broken under a real Docker engine.
 #   1. installs what is missing (docker.io, docker-compose, mmdebstrap) and starts dockerd if none answers;
-#   2. base images: pulled, or local stand-ins from Debian packages (scripts/docker-standins.sh);
+#   2. checks the compose files against the Compose Specification (what Compose v2 reads);
+#      base images: pulled, or local stand-ins from Debian packages (scripts/docker-standins.sh);
 #   3. builds the images (cached layers are reused: a machine pays the full build once);
 #   4. runs the stack (docker-compose.yml + deploy/compose.ci.yml) under its own project name, on a
 #      free loopback port, and bench/load.py with every fault;
@@ -31,6 +32,10 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || fail_line "dockerd does not answer (/var/log/dockerd.log)"
 fi
+
+# the files as Compose v2 reads them: the Compose Specification's schema (shipped with docker-compose)
+$PY -m pytest -q -p no:cacheprovider tests/test_deploy.py -k compose_specification >/dev/null \
+  || fail_line "the compose files do not follow the Compose Specification (pytest tests/test_deploy.py)"
 
 bash scripts/docker-standins.sh || fail_line "base images"
 

@@ -160,3 +160,21 @@ def test_grafana_is_provisioned_with_the_dashboard_and_prometheus():
     assert grafana["profiles"] == prom["profiles"] == ["monitoring"]
     # Prometheus reaches the workers and the sidecar on the internal network
     assert "backend" in prom["networks"]
+
+
+COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
+
+
+@pytest.mark.skipif(not COMPOSE_SPEC.exists(), reason="needs Debian's docker-compose (make compose-test installs it)")
+@pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/compose.ci.yml"])
+def test_the_compose_files_follow_the_compose_specification(path):
+    """Compose v2 (`docker compose`, on users' machines) reads the Compose Specification; v1 here
+    reads the same file, but a v1-only key would pass its run and fail under v2. The schema is the
+    one docker-compose 1.29 ships (compose-spec's, JSON Schema 2019-09)."""
+    import json
+
+    import jsonschema
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    data = yaml.safe_load((ROOT / path).read_text())
+    errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    assert not errors, [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
