@@ -33,6 +33,23 @@ class Capsule:
     def weights(self) -> dict[str, int]:
         return {name: weight for name, weight in self.queues}
 
+    # the queue order, as the fetch loop follows it
+
+    @property
+    def strict(self) -> bool:
+        """True when no queue has a weight: always fetch in the given order (Sidekiq 6.4.1 and 7.0.3+)."""
+        return all(weight == 0 for _, weight in self.queues)
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """Each queue once, in order of first appearance (the strict fetch order; the process record's list)."""
+        return tuple(dict.fromkeys(name for name, _ in self.queues))
+
+    @property
+    def expanded_queues(self) -> tuple[str, ...]:
+        """Sidekiq's weighted list: each name repeated max(weight, 1) times. Shuffle, then de-duplicate."""
+        return tuple(name for name, weight in self.queues for _ in range(max(weight, 1)))
+
 
 def queue_mode(weights: dict[str, int]) -> str:
     """Sidekiq 7/8's capsule mode: strict (no weights), random (all 1) or weighted."""

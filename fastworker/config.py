@@ -108,20 +108,19 @@ class Config:
         """Every queue this process fetches from, in capsule order."""
         return tuple(name for c in self.all_capsules for name, _ in c.queues)
 
+    # the default capsule's queue order (capsules.py holds the rules; the fetch loop reads them there)
+
     @property
     def strict(self) -> bool:
-        """True when no queue has a weight: always fetch in the given order (Sidekiq 6.4.1 and 7.0.3+)."""
-        return all(weight == 0 for _, weight in self.queues)
+        return self.all_capsules[0].strict
 
     @property
     def queue_names(self) -> tuple[str, ...]:
-        """Each queue once, in order of first appearance (the strict fetch order; the process record's list)."""
-        return tuple(dict.fromkeys(name for name, _ in self.queues))
+        return self.all_capsules[0].queue_names
 
     @property
     def expanded_queues(self) -> tuple[str, ...]:
-        """Sidekiq's weighted list: each name repeated max(weight, 1) times. Shuffle, then de-duplicate."""
-        return tuple(name for name, weight in self.queues for _ in range(max(weight, 1)))
+        return self.all_capsules[0].expanded_queues
 
 
 # ---------------------------------------------------------------------------------------------------------

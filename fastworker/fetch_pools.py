@@ -28,7 +28,7 @@ class FetchPools:
             limiter = default_limiter if cap.name == "default" else Limiter(cap.concurrency)
             source = broker if not config.capsules else broker.view([n for n, _ in cap.queues])
             self.pools.append((cap.name, limiter, Fetcher(source, limiter, manager, processor, breaker, planner,
-                                                          cap.queues)))
+                                                          cap)))
             for name, _ in cap.queues:
                 manager.limiters[name] = limiter
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from . import core, limits
 from .batching import BatchPlanner
 from .breaker import Breaker
+from .capsules import Capsule
 from .broker import REDIS_ERRORS, Broker
 from .limiter import Limiter
 from .log import log
@@ -40,21 +41,18 @@ IDLE_RECHECK = 10.0  # the fetch loop re-polls on its own only if every waker fa
 
 class Fetcher:
     def __init__(self, broker: Broker, limiter: Limiter, manager: Manager, processor: Processor,
-                 breaker: Breaker, planner: BatchPlanner, queues: Sequence[tuple[str, int]]) -> None:
+                 breaker: Breaker, planner: BatchPlanner, capsule: Capsule) -> None:
         self.broker = broker
         self.limiter = limiter
         self.manager = manager
         self.processor = processor
         self.breaker = breaker
         self.planner = planner
-        names: list[str] = []
-        for name, _ in queues:
-            if name not in names:
-                names.append(name)
+        names = list(capsule.queue_names)
         self.names = names
-        self.strict = all(w == 0 for _, w in queues)
-        # the expanded list as queue indexes (1-based), each repeated max(weight, 1) times
-        self._expanded = [names.index(n) + 1 for n, w in queues for _ in range(max(w, 1))]
+        self.strict = capsule.strict
+        # the expanded list as queue indexes (1-based), the broker's way of naming them
+        self._expanded = [names.index(n) + 1 for n in capsule.expanded_queues]
         self.quiet = False
         self._deep = False  # the last fetch found a job for every free token
         self._wake = asyncio.Event()

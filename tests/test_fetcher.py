@@ -10,6 +10,7 @@ from typing import Any
 from fastworker import core
 from fastworker.batching import BatchPlanner, Offer
 from fastworker.breaker import Breaker
+from fastworker.capsules import Capsule
 from fastworker.fetcher import Fetcher
 from fastworker.limiter import Limiter
 
@@ -44,7 +45,7 @@ async def test_a_waker_blocks_again_only_after_the_job_it_took_has_started():
     manager = SimpleNamespace(fast_in_flight=0, fast_requests=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
     processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
     fetcher = Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
-                      BatchPlanner(5, Offer()), [("default", 0)])
+                      BatchPlanner(5, Offer()), Capsule("default", 5, (("default", 0),)))
     idle = asyncio.ensure_future(fetcher.tick())  # every queue empty: the loop idles, its waker blocks
     await asyncio.sleep(0.01)
     assert redis.calls == ["fetch", "blmove"]
@@ -117,7 +118,7 @@ async def test_a_deep_queue_keeps_fast_requests_to_the_lanes_the_sidecar_offers(
     planner.observe_request(0.001, 0.0005)
     assert planner.batchable("HardJob") and planner.size == 5
     fetcher = Fetcher(DeepRedis(), limiter, manager, sidecar, Breaker(),  # type: ignore[arg-type]
-                      planner, [("default", 0)])
+                      planner, Capsule("default", 10, (("default", 0),)))
     env = core.decode_envelope(JOB)
     for size in (3, 3, 4):  # the uneven start
         for _ in range(size):
