@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from redis import exceptions as rexc
 
 from . import scripts
+from .clock import Backoff
 from .keys import STATS_TTL, Keys
 from .log import log
 
@@ -74,7 +74,7 @@ async def until_ok(op: str, fn: Callable[[], Awaitable[Any]], health: RedisHealt
     Gives up (re-raises) only once ``stopping()`` is true: the job is then still safe in the
     in-progress list, where the recoverer finds it.
     """
-    delay = 0.05
+    backoff = Backoff(max_delay)
     while True:
         try:
             result = await fn()
@@ -82,8 +82,7 @@ async def until_ok(op: str, fn: Callable[[], Awaitable[Any]], health: RedisHealt
             health.failed(op, exc)
             if stopping():
                 raise
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, max_delay)
+            await asyncio.sleep(backoff.delay())
             continue
         health.succeeded()
         return result

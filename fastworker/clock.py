@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 
@@ -35,6 +36,27 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         return True
     except TimeoutError:
         return event.is_set()
+
+
+class Backoff:
+    """Redis reconnect delays: 50 ms doubling up to ``cap``, each with +-50 % jitter so that many
+    processes that lost Redis together do not come back in step."""
+
+    __slots__ = ("cap", "_next")
+    FIRST = 0.05
+
+    def __init__(self, cap: float = 5.0) -> None:
+        self.cap = cap
+        self._next = self.FIRST
+
+    def delay(self) -> float:
+        """The next pause, in seconds (and the one after is twice as long, up to ``cap``)."""
+        d = self._next * (0.5 + random.random())
+        self._next = min(self._next * 2, self.cap)
+        return d
+
+    def reset(self) -> None:
+        self._next = self.FIRST
 
 
 REAL_CLOCK = Clock()

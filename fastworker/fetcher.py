@@ -32,7 +32,7 @@ from .limiter import Limiter
 from .log import log
 from .manager import Manager
 from .processor import Processor
-from .clock import wait_event
+from .clock import Backoff, wait_event
 
 FETCH_MAX = 64  # jobs per fetch call at most
 WAKER_TIMEOUT = 5.0  # seconds a waker blocks per command: an idle worker sends 0.2 cmd/s per queue
@@ -54,6 +54,7 @@ class Fetcher:
         # the expanded list as queue indexes (1-based), the broker's way of naming them
         self._expanded = [names.index(n) + 1 for n in capsule.expanded_queues]
         self.quiet = False
+        self._backoff = Backoff()  # after a failed fetch
         self._deep = False  # the last fetch found a job for every free token
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -90,7 +91,7 @@ class Fetcher:
         return [raw for _, raw in self.in_hand] + [raw for _, raw in self._handoff]
 
     async def run(self) -> None:
-        self._backoff = 0.05
+        self._backoff.reset()
         try:
             while not self.quiet:
                 await self.tick()
@@ -137,10 +138,9 @@ class Fetcher:
             items = await self.broker.fetch(n, self.orders(n))
         except REDIS_ERRORS as exc:
             self.broker.health.failed("fetch", exc)
-            await self._sleep_or_wake(self._backoff * (0.5 + random.random()))
-            self._backoff = min(self._backoff * 2, 5.0)
+            await self._sleep_or_wake(self._backoff.delay())
             return
-        self._backoff = 0.05
+        self._backoff.reset()
         self.broker.health.succeeded()
         self._deep = len(items) >= n  # it had a job for every token asked: more are likely waiting
         if not items:

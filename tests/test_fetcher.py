@@ -140,3 +140,14 @@ async def test_a_deep_queue_keeps_fast_requests_to_the_lanes_the_sidecar_offers(
         for _, fut in sidecar.requests:
             fut.set_result(None)
         await asyncio.wait_for(loop, 1)
+
+
+def test_reconnect_backoff_doubles_with_jitter_up_to_its_cap_and_resets():
+    """One rule for the fetch loop's and until_ok's pauses after a Redis error (clock.Backoff)."""
+    from fastworker.clock import Backoff
+    b = Backoff(cap=0.4)
+    delays = [b.delay() for _ in range(5)]
+    for d, base in zip(delays, [0.05, 0.1, 0.2, 0.4, 0.4], strict=True):
+        assert 0.5 * base <= d <= 1.5 * base
+    b.reset()
+    assert b.delay() <= 0.075
