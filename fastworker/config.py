@@ -241,9 +241,9 @@ def _url(*schemes: str) -> Callable[[object], str]:
             if scheme == "unix":
                 if not parts.path:
                     raise _Bad(expected, f"expected unix:///path/to.sock, got {shown!r}")
-            elif not parts.netloc or (scheme != "redis+sentinel" and not parts.hostname):
+            elif not parts.netloc or (not scheme.endswith("+sentinel") and not parts.hostname):
                 raise _Bad(expected, f"expected a host in the URL, got {shown!r}")
-            elif scheme != "redis+sentinel":  # sentinel URLs list several host:port pairs
+            elif not scheme.endswith("+sentinel"):  # sentinel URLs list several host:port pairs
                 parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError:
             raise _Bad(expected, f"expected {expected}, got {shown!r} (bad port)") from None
@@ -435,9 +435,11 @@ OPTIONS: tuple[Option, ...] = (
                        "--print-config (print), or fastworker's own YAML/ERB reader (file)"),
     _opt("config_wait", "--config-wait", parse=_float_at_least(0, "a non-negative number of seconds"),
          metavar="SECONDS", yaml=(), help="how long to wait for a booting sidecar's configuration"),
-    _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel"), metavar="URL",
+    _opt("redis_url", "--redis-url", parse=_url("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"),
+         metavar="URL",
          env=("REDIS_URL",), help="Redis holding the Sidekiq data (REDIS_PROVIDER is honoured too): redis://, "
-         "rediss://, unix:// or redis+sentinel://[user:password@]host:port[,host:port]/MASTER/DB"),
+         "rediss://, unix:// or redis+sentinel://[user:password@]host:port[,host:port]/MASTER/DB "
+         "(rediss+sentinel://: the sentinels over TLS too)"),
     _opt("redis_ca_file", "--redis-ca-file", parse=_text, metavar="FILE",
          help="CA certificate(s) to verify a rediss:// server (default: the system's)"),
     _opt("redis_cert_file", "--redis-cert-file", parse=_text, metavar="FILE",

@@ -1,7 +1,8 @@
 """Redis connections from a URL: redis://, rediss://, unix:// and redis+sentinel://.
 
 ``redis+sentinel://host1:26379,host2:26379/mymaster/0`` connects through redis-py's Sentinel
-support, so the workers follow a promoted replica. redis-py uses the hiredis parser when the
+support, so the workers follow a promoted replica; ``rediss+sentinel://`` talks TLS to the
+sentinels as well as to the master. redis-py uses the hiredis parser when the
 hiredis package is installed (a test checks that it is the one in use).
 TLS: ``rediss://`` (or a Sentinel URL with ``tls``) with the CA and client certificate from
 ``tls`` (--redis-ca-file, --redis-cert-file, --redis-key-file). ACL users: ``redis://user:pass@host``.
@@ -23,18 +24,19 @@ def connect(url: str, max_connections: int, blocking: bool = False, tls: dict[st
     opts: dict[str, Any] = dict(max_connections=max_connections, socket_connect_timeout=CONNECT_TIMEOUT,
                                 socket_keepalive=True, health_check_interval=30, decode_responses=False)
     tls = {k: v for k, v in (tls or {}).items() if v}  # only the options that were given
-    if tls and (url.startswith("rediss://") or url.startswith("redis+sentinel://")):
+    sentinel = url.startswith(("redis+sentinel://", "rediss+sentinel://"))
+    if url.startswith("rediss+sentinel://") or (tls and (url.startswith("rediss://") or sentinel)):
         opts.update(tls)
-        if url.startswith("redis+sentinel://"):
-            opts["ssl"] = True  # the master connections; the sentinels themselves stay plain
+        if sentinel:
+            opts["ssl"] = True  # the master connections (the sentinels too with rediss+sentinel://)
     # blocking commands wait up to a few seconds server-side; give them room
     opts["socket_timeout"] = None if blocking else SOCKET_TIMEOUT
-    if url.startswith("redis+sentinel://"):
-        return _sentinel(url, opts)
+    if sentinel:
+        return _sentinel(url, opts, tls_to_sentinels=url.startswith("rediss+sentinel://"))
     return aioredis.Redis.from_url(url, **opts)
 
 
-def _sentinel(url: str, opts: dict[str, Any]) -> Any:
+def _sentinel(url: str, opts: dict[str, Any], tls_to_sentinels: bool = False) -> Any:
     parts = urlsplit(url)
     hosts = []
     for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
@@ -49,6 +51,8 @@ def _sentinel(url: str, opts: dict[str, Any]) -> Any:
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username and parts.password else None  # an ACL user
     sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": CONNECT_TIMEOUT}
+    if tls_to_sentinels:
+        sentinel_kwargs.update({k: v for k, v in opts.items() if k.startswith("ssl")})
     if "sentinel_password" in q:  # the sentinels' own login, when they have one (?sentinel_username=&...)
         sentinel_kwargs["password"] = q["sentinel_password"][0]
         if "sentinel_username" in q:

@@ -310,7 +310,7 @@ def test_bad_short_flag_is_reported_by_its_long_name() -> None:
     assert error_of(["-t", "-3"]) == "--timeout: expected a non-negative number of seconds, got '-3'"
 
 
-REDIS_SCHEMES = "expected a URL with scheme redis://, rediss://, unix://, redis+sentinel://"
+REDIS_SCHEMES = "expected a URL with scheme redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://"
 
 
 @pytest.mark.parametrize(

@@ -146,20 +146,11 @@ def test_the_real_sidecar_and_its_jobs_reach_redis_as_the_acl_user_over_tls(secu
         sidecar.stop()
 
 
-@needs_tools
-def test_sentinel_to_a_tls_master_as_the_acl_user(secure_redis, stub, tmp_path: Path):
-    """``redis+sentinel://user:password@sentinel/master/0`` with the TLS options: the sentinel
-    (plain, as redis-py talks to it) names the TLS master, and the worker logs in there as the ACL
-    user. Before, the URL's user name was dropped and the master refused the password alone."""
-    r = secure_redis["client"]
-    r.flushall()
-    r.lpush("queue:default", _job("c" * 24), _job("d" * 24))
-    port = free_port()
-    d = tmp_path / "sentinel"
-    d.mkdir()
+def _sentinel_conf(d: Path, port: int, secure_redis: dict, tls_port: bool) -> Path:
+    """One sentinel watching the TLS master as the ACL user; itself plain, or TLS-only."""
+    listen = f"port 0\ntls-port {port}\n" if tls_port else f"port {port}\n"
     conf = d / "sentinel.conf"
-    conf.write_text(f"""port {port}
-bind 127.0.0.1
+    conf.write_text(f"""{listen}bind 127.0.0.1
 dir {d}
 tls-replication yes
 tls-cert-file {secure_redis['crt']}
@@ -169,14 +160,34 @@ sentinel monitor mymaster 127.0.0.1 {secure_redis['tls']} 1
 sentinel auth-user mymaster {USER}
 sentinel auth-pass mymaster {PASSWORD}
 """)
+    return conf
+
+
+@needs_tools
+@pytest.mark.parametrize("scheme", ["redis+sentinel", "rediss+sentinel"])
+def test_sentinel_to_a_tls_master_as_the_acl_user(secure_redis, stub, tmp_path: Path, scheme: str):
+    """``redis+sentinel://user:password@sentinel/master/0`` with the TLS options: the sentinel
+    names the TLS master, and the worker logs in there as the ACL user (before, the URL's user
+    name was dropped and the master refused the password alone). ``rediss+sentinel://`` talks TLS
+    to a sentinel that listens on TLS only."""
+    r = secure_redis["client"]
+    r.flushall()
+    r.lpush("queue:default", _job("c" * 24), _job("d" * 24))
+    port = free_port()
+    d = tmp_path / "sentinel"
+    d.mkdir()
+    tls = scheme == "rediss+sentinel"
+    conf = _sentinel_conf(d, port, secure_redis, tls_port=tls)
     proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
-    sentinel = redis.Redis(port=port, socket_timeout=2)
+    sentinel = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **({"ssl": True, "ssl_ca_certs": secure_redis["crt"],
+                                                            "ssl_certfile": secure_redis["crt"],
+                                                            "ssl_keyfile": secure_redis["key"]} if tls else {}))
     w = None
     try:
         wait_until(lambda: _pings(sentinel) and sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
                                                                          "mymaster"), 10, 0.05, "the sentinel")
-        url = f"redis+sentinel://{USER}:{PASSWORD}@127.0.0.1:{port}/mymaster/0"
+        url = f"{scheme}://{USER}:{PASSWORD}@127.0.0.1:{port}/mymaster/0"
         w = Worker(url, stub.url, "-c", "2", "--redis-ca-file", secure_redis["crt"], "--redis-cert-file",
                    secure_redis["crt"], "--redis-key-file", secure_redis["key"], log_path=tmp_path / "sentinel.log")
         wait_until(lambda: int(r.get("stat:processed") or 0) >= 2, 20, what="both jobs through the sentinel")
