@@ -123,8 +123,8 @@ class Launcher:
         scheduler = Scheduler(self.redis, self.keys, self.health, self.clock, poll_interval=c.poll_interval,
                               sidekiq_version=c.sidekiq_version, dead_max_jobs=c.dead_max_jobs,
                               dead_timeout=c.dead_timeout, metrics=self.metrics, sidecar=self.sidecar)
-        lifecycle = Lifecycle(self.sidecar, self.identity, c.heartbeat_interval, c.timeout,
-                              {"concurrency": c.concurrency, "max_retries": c.max_retries},
+        lifecycle = Lifecycle(self.sidecar, self.identity, c.heartbeat_interval,
+                              {"timeout": c.timeout, "concurrency": c.concurrency, "max_retries": c.max_retries},
                               self.is_quiet)
         recoverer = Recoverer(self.redis, self.broker, self.keys, self.identity, self.health,
                               queue_names=self.queue_names, process_ttl=c.process_ttl,

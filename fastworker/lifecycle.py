@@ -32,13 +32,14 @@ RETRY_AFTER = 1.0
 
 
 class Lifecycle:
-    def __init__(self, sidecar: Any, identity: str, interval: float, timeout: float, settings: dict[str, int],
+    def __init__(self, sidecar: Any, identity: str, interval: float, settings: dict[str, float],
                  quiet: Callable[[], bool]) -> None:
         self.sidecar = sidecar
         self.identity = identity
         self.interval = interval
-        self.timeout = timeout  # --timeout: the sidecar's drain timeout follows it
-        self.settings = settings  # what the sidecar's Sidekiq options then say (concurrency, max_retries)
+        # timeout (the sidecar's drain timeout follows it), concurrency, max_retries: what the
+        # sidecar's Sidekiq options then say
+        self.settings = settings
         self.is_quiet = quiet  # the worker is quiet or stopping (its beats say so)
         self.pending: list[str] = []
         self.delivered: list[str] = []  # for tests and logs
@@ -117,5 +118,4 @@ class Lifecycle:
                     self.started = True
 
     async def _send(self, event: str) -> bool:
-        return await self.sidecar.lifecycle(event, self.identity, timeout=self.timeout, quiet=self.is_quiet(),
-                                            settings=self.settings)
+        return await self.sidecar.lifecycle(event, self.identity, self.settings, quiet=self.is_quiet())

@@ -328,13 +328,12 @@ class SidecarClient:
             raise SidecarUnavailable(f"/client_push answered no list of {len(members)}: {_excerpt(resp.body)}")
         return answers
 
-    async def lifecycle(self, event: str, identity: str, timeout: float | None = None, quiet: bool = False,
-                        request_timeout: float = LIFECYCLE_TIMEOUT, settings: dict[str, int] | None = None) -> bool:
-        """Tell the sidecar this worker's lifecycle event; True once it took it. ``settings``: what
-        the sidecar's Sidekiq options then say (concurrency, max_retries)."""
-        body: dict[str, Any] = {"event": event, "identity": identity, "quiet": quiet, **(settings or {})}
-        if timeout is not None:
-            body["timeout"] = timeout
+    async def lifecycle(self, event: str, identity: str, settings: dict[str, float], quiet: bool = False,
+                        request_timeout: float = LIFECYCLE_TIMEOUT) -> bool:
+        """Tell the sidecar this worker's lifecycle event; True once it took it. ``settings``
+        (timeout, concurrency, max_retries): what the sidecar's drain timeout and Sidekiq options
+        then follow."""
+        body: dict[str, Any] = {"event": event, "identity": identity, "quiet": quiet, **settings}
         try:
             resp = await self._post("/lifecycle", orjson.dumps(body), {"Content-Type": _JSON},
                                     control_timeout=request_timeout)
