@@ -21,7 +21,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.helpers.procs import StubSidecar, free_port, wait_until  # noqa: E402
+from tests.helpers.procs import StubSidecar, free_port, wait_until, with_secret  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
     log = open(os.devnull, "wb")
     w = subprocess.Popen([sys.executable, "-m", "fastworker", "--redis-url", a.redis_url, "--sidecar-url", url,
                           "-c", str(a.concurrency), "--http-port", str(free_port()), "--log-level", a.log_level],
-                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                         cwd=ROOT, env=with_secret(dict(os.environ)), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: r.llen("queue:default") < a.jobs, 30, 0.001, "first fetch")
         t0 = time.monotonic()
