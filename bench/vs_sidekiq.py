@@ -30,8 +30,9 @@ Modes:
       (a throughput run of --jobs, default 20,000) and runs both servers at half of it.
   --slow  200 SleepWorker jobs of 50 ms: wall time and the most that ran at once, from the start
       and end times the jobs record; both servers must reach their concurrency (exit 1 if not).
-  --quick  for CI: Sidekiq::Worker, one process, WARN and INFO, 5,000 jobs after a 2,000-job
-      warm-up; prints only the ratio lines.
+  --quick  for CI: Sidekiq::Worker, one process, WARN and INFO, 20,000 jobs after a 3,000-job
+      warm-up, three rounds (the medians); prints only the ratio lines. About 70 s. One round
+      of 5,000 jobs lasted a third of a second, and a single stall swung its ratio 0.77-1.14x.
 
 Output: one JSON line per server run and a JSON ratio record per combination, plus a human ratio
 line; --json prints only the JSON, --quick only the ratio lines (as JSON with --json).
@@ -573,9 +574,9 @@ def rate_arg(v: str) -> float | str:
 
 def options() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, help="timed jobs per run (default 100,000; 5,000 with --quick;"
+    ap.add_argument("--jobs", type=int, help="timed jobs per run (default 100,000; 20,000 with --quick;"
                                              " 20,000 for the peak run of --rate half)")
-    ap.add_argument("--warmup", type=int, help="jobs run before timing starts (default 0; 2,000 with --quick)")
+    ap.add_argument("--warmup", type=int, help="jobs run before timing starts (default 0; 3,000 with --quick)")
     ap.add_argument("--kind", choices=["worker", "activejob", "both"], default="worker")
     ap.add_argument("--log", choices=["info", "warn", "both"], default="warn")
     ap.add_argument("--machine", choices=["one", "whole"], default="one",
@@ -586,8 +587,8 @@ def options() -> argparse.Namespace:
     ap.add_argument("--transport", choices=["tcp", "unix"], default="tcp",
                     help="how the worker reaches the real sidecar: loopback TCP (the default) or a Unix socket")
     ap.add_argument("--stub", action="store_true", help="also fastworker before the Python stub sidecar")
-    ap.add_argument("--repeat", type=int, default=1, help="throughput rounds per combination; the ratio line"
-                                                          " uses each server's medians")
+    ap.add_argument("--repeat", type=int, help="throughput rounds per combination (default 1; 3 with --quick);"
+                                               " the ratio line uses each server's medians")
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--slow", action="store_true")
     ap.add_argument("--rate", type=rate_arg, default=500.0, help="jobs/s for --latency, or 'half' of Sidekiq's peak")
@@ -598,10 +599,11 @@ def options() -> argparse.Namespace:
     a = ap.parse_args()
     if a.quick:
         a.kind, a.log, a.machine, a.processes = "worker", "both", "one", None
-    a.jobs = a.jobs or (5_000 if a.quick else 20_000 if a.latency else 100_000)
+    a.jobs = a.jobs or (20_000 if a.quick or a.latency else 100_000)
+    a.repeat = a.repeat if a.repeat is not None else 3 if a.quick else 1
     if a.jobs <= 0 or a.repeat <= 0 or a.warmup is not None and a.warmup < 0:
         ap.error("--jobs and --repeat must be positive, --warmup not negative")
-    a.warmup = a.warmup if a.warmup is not None else 2_000 if a.quick else 0
+    a.warmup = a.warmup if a.warmup is not None else 3_000 if a.quick else 0
     a.processes = a.processes or (CORES if a.machine == "whole" else 1)
     a.kinds = ["worker", "activejob"] if a.kind == "both" else [a.kind]
     a.logs = ["warn", "info"] if a.log == "both" else [a.log]
