@@ -840,6 +840,12 @@ def _read_sidekiq_yaml(
     path: str, path_source: str, environment: str, env: Mapping[str, str]
 ) -> dict[str, tuple[object, str]]:
     """field → (raw value, source label) for the keys fastworker understands."""
+    doc = _load_yaml(path, path_source, env)
+    return _known_keys(_merge_environment(doc, path, environment)) if doc else {}
+
+
+def _load_yaml(path: str, path_source: str, env: Mapping[str, str]) -> dict[object, object] | None:
+    """The file's top-level mapping after ERB, as Sidekiq reads it; None for an empty file."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -854,12 +860,14 @@ def _read_sidekiq_yaml(
         doc = yaml.load(render_erb(text, path, env), Loader=_yaml_loader())  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
+    if doc is not None and not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level, got {type(doc).__name__}")
+    return doc
 
-    # Like Sidekiq: symbolize keys (later duplicates win), then merge the environment's section on top.
+
+def _merge_environment(doc: dict[object, object], path: str, environment: str) -> dict[str, tuple[object, str]]:
+    """Like Sidekiq: symbolize keys (later duplicates win), then merge the environment's section on
+    top. key → (raw value, source label)."""
     top = {str(k): (v, _key_repr(k)) for k, v in doc.items() if isinstance(k, str)}
     merged: dict[str, tuple[object, str]] = {k: (v, f"{path}: key {r}") for k, (v, r) in top.items()}
     if environment in top:
@@ -872,7 +880,12 @@ def _read_sidekiq_yaml(
             for k, v in section.items():
                 if isinstance(k, str):
                     merged[str(k)] = (v, f"{path}: key {_key_repr(k)} (under {section_repr})")
+    return merged
 
+
+def _known_keys(merged: dict[str, tuple[object, str]]) -> dict[str, tuple[object, str]]:
+    """The keys fastworker understands, under its own field names (``verbose`` means debug logs
+    unless a log level is given)."""
     out: dict[str, tuple[object, str]] = {}
     for key, (raw, source) in merged.items():
         if key == "verbose":
