@@ -7,7 +7,8 @@
 #   4. runs the stack (docker-compose.yml + deploy/compose.ci.yml) under its own project name, on a
 #      free loopback port, and bench/load.py with every fault;
 #   5. tears down containers, networks and volumes, passed or failed.
-# Then the monitoring profile: Prometheus scrapes every one of 3 worker replicas.
+# Then the monitoring profile: Prometheus scrapes every one of 3 worker replicas, and every query
+# of the Grafana dashboard evaluates there (scripts/check_monitoring.py).
 # Last line: `compose: N enqueued, N done, 0 lost, D duplicated, F faults`.
 # FASTWORKER_COMPOSE_FAULTS overrides the faults (comma-separated, bench/load.py --faults).
 set -uo pipefail
@@ -68,30 +69,12 @@ status=$?
 [ $status -eq 0 ] || $compose logs --tail 60 worker sidecar >&2
 
 # the monitoring profile: Prometheus finds every worker replica through compose's DNS and scrapes
-# it (Grafana is not started here: no image of it can be built from Debian's packages)
+# it, and every query of the Grafana dashboard evaluates there (Grafana itself is not started: no
+# image of it can be built from Debian's packages)
 if [ "${FASTWORKER_COMPOSE_MONITORING:-1}" != 0 ]; then
   $compose up -d --no-deps --no-recreate --timeout 35 --scale worker=3 worker >/dev/null 2>&1
   $compose up -d --no-deps prometheus >/dev/null 2>&1
-  $PY - "http://127.0.0.1:$FASTWORKER_PROMETHEUS_PORT" 3 <<'PY' || status=1
-import json, sys, time, urllib.request
-url, want = sys.argv[1], int(sys.argv[2])
-deadline, up = time.monotonic() + 120, []
-while time.monotonic() < deadline:
-    try:
-        with urllib.request.urlopen(url + "/api/v1/targets", timeout=5) as r:
-            targets = json.load(r)["data"]["activeTargets"]
-        up = sorted(t["labels"]["instance"] for t in targets
-                    if t["labels"]["job"] == "fastworker-worker" and t["health"] == "up")
-        side = [t for t in targets if t["labels"]["job"] == "fastworker-sidecar" and t["health"] == "up"]
-        if len(up) == want and side:
-            print(f"monitoring: Prometheus scrapes {len(up)}/{want} worker replicas and the sidecar", file=sys.stderr)
-            sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(2)
-print(f"monitoring: FAILED, Prometheus scrapes {up} (want {want} worker replicas and the sidecar)", file=sys.stderr)
-sys.exit(1)
-PY
+  $PY scripts/check_monitoring.py "http://127.0.0.1:$FASTWORKER_PROMETHEUS_PORT" 3 deploy/grafana/fastworker.json || status=1
 fi
 line=$(tail -1 "$work/load.out")
 [ -n "$line" ] || line="compose: 0 enqueued, 0 done, 0 lost, 0 duplicated, 0 faults (FAILED: bench/load.py exited $status)"

@@ -178,3 +178,27 @@ def test_the_compose_files_follow_the_compose_specification(path):
     data = yaml.safe_load((ROOT / path).read_text())
     errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(data), key=lambda e: list(e.path))
     assert not errors, [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
+
+
+def test_the_monitoring_check_reads_every_dashboard_query_as_grafana_fills_it():
+    """scripts/check_monitoring.py (run by make compose-test against the stack's real Prometheus)
+    sends every panel's query with "All" filled in, and knows which metrics each one reads."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_monitoring as check
+    finally:
+        sys.path.pop(0)
+    dashboard = json.loads((ROOT / "deploy/grafana/fastworker.json").read_text())
+    queries = check.dashboard_queries(dashboard)
+    raw = re.findall(r'"expr":', (ROOT / "deploy/grafana/fastworker.json").read_text())
+    assert len(queries) == len(raw) > 25
+    assert not [e for _, e in queries if "$" in e]  # Grafana's variables are all filled in
+    assert check.metric_names(
+        'histogram_quantile(0.95, sum by (le, queue) (rate(sidekiq_job_latency_seconds_bucket{queue=~".*"}[1m])))'
+    ) == {"sidekiq_job_latency_seconds_bucket"}
+    assert check.metric_names("time() - fastworker_heartbeat_timestamp_seconds") == {
+        "fastworker_heartbeat_timestamp_seconds"}
+    assert check.metric_names('sum(rate(a_sum{x="b c"}[5m])) / sum(rate(a_count[5m]))') == {"a_sum", "a_count"}
