@@ -32,7 +32,7 @@ from .clock import Clock
 from .errors import SidecarUnavailable
 from .log import log
 from .poll_loop import PollLoop
-from .retry import dump_job, load_job
+from .jobjson import dump_job, load_job
 
 LEASE = 60.0  # seconds a process has to finish a step before another may take the entry
 RETRY_AFTER = 5.0  # seconds before a step the sidecar could not run is tried again

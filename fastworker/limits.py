@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import SidecarUnavailable
+from .outcome import NotAttempted
 
 MAX_BODY = 5 * 1024 * 1024
 TOO_LARGE_CLASS = "Fastworker::PayloadTooLarge"
@@ -39,5 +40,5 @@ async def one_by_one(client: Any, raws: list[bytes], jids: list[str]) -> list[An
         try:
             out.append(await client.perform(raw, jid))
         except SidecarUnavailable as exc:
-            out.append(exc)
+            out.append(NotAttempted(exc.reason, exc.status, exc.interrupted))
     return out

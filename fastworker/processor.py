@@ -25,7 +25,8 @@ from .errors import SidecarUnavailable
 from .hooks import Hooks
 from .log import log
 from .batching import BatchPlanner
-from .sidecar_client import BadJob, Done, Failed, SidecarClient
+from .outcome import BadJob, Done, Failed, NotAttempted
+from .sidecar_client import SidecarClient
 
 
 class Work:
@@ -109,11 +110,11 @@ class Processor:
             wall = self.clock.mono() - t0
             self._measured(wall, list(zip(works, results, strict=True)))
             elapsed = wall / len(works)
-            unavailable: list[tuple[Work, SidecarUnavailable]] = []
+            unavailable: list[tuple[Work, NotAttempted]] = []
             for w, result in zip(works, results, strict=True):
                 if w.abandoned:
                     continue
-                if isinstance(result, SidecarUnavailable):
+                if isinstance(result, NotAttempted):
                     unavailable.append((w, result))
                     if self.metrics is not None:
                         self.metrics.sidecar_call("unavailable", elapsed)
@@ -171,7 +172,7 @@ class Processor:
                 self.metrics.sidecar_call("bad_job", elapsed)
             await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}", "Fastworker::PayloadError")
 
-    async def _requeue(self, works: list[Work], exc: SidecarUnavailable) -> None:
+    async def _requeue(self, works: list[Work], exc: SidecarUnavailable | NotAttempted) -> None:
         """Infrastructure failed, not the job: back to the head of its queue, no retry spent. Jobs
         the sidecar stopped with Sidekiq::Shutdown count as processed and failed, as Sidekiq's
         Processor#stats counts them (the exception passes through it)."""

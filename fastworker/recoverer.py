@@ -41,7 +41,7 @@ from . import scripts
 from .broker import REDIS_ERRORS, Broker, RedisHealth
 from .keys import Keys
 from .log import log
-from .retry import dump_job, load_job
+from .jobjson import dump_job, load_job
 
 RECOVERED_TTL = 24 * 60 * 60  # the poison-pill counts live a day after the last recovery
 MAX_INTERVAL = 15.0

@@ -13,65 +13,18 @@ from __future__ import annotations
 import base64
 import json
 import random
-import re
 import secrets
 import zlib
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-import orjson
-
 from . import core
 from .clock import sidekiq_time
-from .sidecar_client import Failed
+from .jobjson import dump_job, load_job, needs_exact
+from .outcome import Failed
 
 MESSAGE_LIMIT = 10_000
-
-# A run of 19+ digits may be an integer beyond 64 bits, which orjson silently turns into a float
-# (and cannot write back): such payloads take the exact, slower stdlib path.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (_INF, -_INF):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
-
-
-_INF = float("inf")
-
-
-def load_job(raw: bytes) -> Any:
-    """Parse a job's JSON keeping every value's JSON type (integers of any size included).
-
-    orjson for the common case; Python's json module for long integers and for what orjson
-    refuses but Ruby accepts (lone surrogate escapes). Raises ValueError for anything that is
-    not strict JSON (NaN/Infinity, or a number too large for a float, included)."""
-    if _LONG_DIGITS.search(raw) is None:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-
-
-def dump_job(job: Any) -> bytes:
-    """Compact JSON for a job parsed by ``load_job``; ValueError if it cannot be written exactly."""
-    try:
-        return orjson.dumps(job)
-    except TypeError:  # integers beyond 64 bits, lone surrogates
-        pass
-    text = json.dumps(job, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: keep them as \u escapes, as they came
-        return json.dumps(job, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +69,7 @@ def decide(env: Any, failure: Failed, fetched_queue: str, now: float, policy: Po
            rand: Callable[[], float] = random.random) -> RetryAt | Dead | Discard:
     """What Sidekiq's JobRetry does with a job that raised: retry it, kill it, or drop it."""
     # re-parse exactly when orjson would have turned a long integer into a float
-    job: dict[str, Any] = load_job(env.raw) if _LONG_DIGITS.search(env.raw) else dict(env.job)
+    job: dict[str, Any] = load_job(env.raw) if needs_exact(env.raw) else dict(env.job)
     # JobRetry#local: a missing or null `retry` is taken from the class's sidekiq_options
     retry_opt = job.get("retry")
     if retry_opt is None:

@@ -49,7 +49,8 @@ from .errors import SidecarUnavailable
 from .keys import Keys
 from .log import log
 from .poll_loop import PollLoop
-from .retry import dead_member_for, dump_job, load_job
+from .jobjson import dump_job, load_job
+from .retry import dead_member_for
 
 BATCH = 500
 PUSH_LEASE = 60.0  # seconds: longer than a /client_push may take (its control timeout)

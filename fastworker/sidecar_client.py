@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,7 +32,9 @@ import orjson
 from . import limits
 from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
+from .jobjson import dump_job
 from .log import log
+from .outcome import BadJob, Done, Failed, NotAttempted, Outcome
 from .sidecar_http import Response, SidecarHTTP, TransportError
 
 _JSON = "application/json"
@@ -41,46 +42,6 @@ CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blo
 LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the request
 HOOKS_TIMEOUT = 30.0  # the app's retries_exhausted block or death handlers run inside the request
 CLIENT_PUSH_TIMEOUT = 10.0  # the app's client middleware runs inside the request (500 jobs at most)
-
-
-@dataclass(slots=True)
-class Done:
-    """perform returned (200); ``runtime_ms`` as the sidecar measured it (None if not reported);
-    ``skipped``: an IterableJob interrupted and re-enqueued itself (7.3+ JobRetry::Skip)."""
-
-    runtime_ms: float | None
-    skipped: bool = False
-
-
-@dataclass(slots=True)
-class Failed:
-    """The job raised (422)."""
-
-    error_class: str
-    error_message: str
-    backtrace: list[str] | None
-    retry_in: int | str | None
-    class_retry: Any  # the class's sidekiq_options retry, reported when the payload lacks "retry"
-    body: dict[str, Any]
-    pid: str | None = None  # the sidecar process that ran it (it holds the live exception for the hooks)
-
-    @property
-    def runtime_ms(self) -> float | None:
-        rt = self.body.get("runtime_ms")
-        return rt if isinstance(rt, (int, float)) and not isinstance(rt, bool) else None
-
-    def error(self) -> dict[str, Any]:
-        """The exception as /exhausted takes it ("error": class, message, backtrace, stage)."""
-        error: dict[str, Any] = {"class": self.error_class, "message": self.error_message}
-        if self.backtrace is not None:
-            error["backtrace"] = self.backtrace
-        if self.body.get("stage") is not None:
-            error["stage"] = self.body["stage"]
-        return error
-
-
-class BadJob(Exception):
-    """The sidecar says the body is not a runnable job (400)."""
 
 
 class JobTimedOut(Exception):
@@ -223,12 +184,12 @@ class SidecarClient:
         raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
                                  interrupted=status == 503 and _field(body, "status") == "shutdown")
 
-    async def perform_batch(self, raws: list[bytes],
-                            jids: list[str]) -> list[Done | Failed | BadJob | SidecarUnavailable]:
+    async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Outcome]:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
         object per job, in order. A job the sidecar did not
-        attempt (draining) comes back as SidecarUnavailable; a failed request raises it."""
+        attempt (draining) or stopped comes back as NotAttempted; a failed request raises
+        SidecarUnavailable."""
         if sum(map(len, raws)) + len(raws) > self.max_body:  # each job fits, together they do not
             return await limits.one_by_one(self, raws, jids)
         try:
@@ -246,7 +207,7 @@ class SidecarClient:
                 raise ValueError("wrong length")
         except ValueError as exc:
             raise SidecarUnavailable(f"unreadable /perform_batch answer: {exc}: {_excerpt(body)}") from exc
-        out: list[Done | Failed | BadJob | SidecarUnavailable] = []
+        out: list[Outcome] = []
         for item in items:
             st = item.get("status") if isinstance(item, dict) else None
             if st == "done":
@@ -261,8 +222,7 @@ class SidecarClient:
             elif st == "shutdown" and resp.cut_off:  # the one running at --job-timeout, stopped
                 out.append(JobTimedOut(self.job_timeout).failure())
             else:
-                out.append(SidecarUnavailable(f"not attempted: {item.get('reason') or st}",
-                                              interrupted=st == "shutdown"))
+                out.append(NotAttempted(f"not attempted: {item.get('reason') or st}", interrupted=st == "shutdown"))
         return out
 
     async def exhausted(self, job: dict[str, Any], error: dict[str, Any], run_exhausted_block: bool = True,
@@ -272,8 +232,6 @@ class SidecarClient:
         ("discard" or None). Raises SidecarUnavailable when it did not run, or got no answer in
         HOOKS_TIMEOUT (it is not a job's request: neither --job-timeout nor the hang watchdog apply).
         ``pid``: the sidecar process that ran the job, asked first (it holds the live exception)."""
-        from .retry import dump_job  # integers beyond 64 bits survive
-
         payload = dump_job({"job": job, "error": error, "run_exhausted_block": run_exhausted_block, "phase": phase})
         resp = await self._post("/exhausted", payload, {"Content-Type": _JSON}, control_timeout=HOOKS_TIMEOUT,
                                 prefer_pid=pid)

@@ -12,8 +12,8 @@ import zlib
 
 import pytest
 
-from fastworker import core, retry
-from fastworker.sidecar_client import Failed
+from fastworker import core, jobjson, retry
+from fastworker.outcome import Failed
 
 NOW = 1_700_000_000.25
 BT = ["app/jobs/a.rb:3:in `perform'", "lib/b.rb:1", "lib/c.rb:2", "lib/d.rb:4"]
@@ -261,9 +261,9 @@ def test_integers_beyond_64_bits_survive_the_retry_entry():
 
 def test_load_and_dump_job_keep_json_types():
     raw = b'{"a":18446744073709551616,"b":1.0,"c":"\\ud800x","d":[null,true],"e":"\xc3\xa9"}'
-    job = retry.load_job(raw)
+    job = jobjson.load_job(raw)
     assert job["a"] == 2**64 and job["b"] == 1.0 and type(job["b"]) is float
-    out = retry.dump_job(job)
+    out = jobjson.dump_job(job)
     assert json.loads(out) == json.loads(raw)
     assert b"18446744073709551616" in out and b"1.0" in out
     out.decode("utf-8")
@@ -272,4 +272,4 @@ def test_load_and_dump_job_keep_json_types():
 @pytest.mark.parametrize("raw", [b'{"a":NaN}', b'{"a":1e400}', b'{"a":Infinity}', b"{nope"])
 def test_load_job_rejects_what_is_not_strict_json(raw):
     with pytest.raises(ValueError):
-        retry.load_job(raw)
+        jobjson.load_job(raw)
