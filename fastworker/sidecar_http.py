@@ -11,7 +11,9 @@ Duties:
    the fewest requests in flight and a free job slot (each process runs ``capacity`` at once and
    answers 503 beyond), and a new connection is opened while a process the sidecar advertises has
    none, since a keep-alive connection stays with the process that accepted it; ``warm`` opens and
-   identifies connections up front, so the first burst already spreads;
+   identifies connections up front, so the first burst already spreads; a request for one
+   process (``prefer_pid``: an exhausted job's hooks, where its live exception is) takes an idle
+   connection to it, or waits up to PREFER_WAIT for a busy one to come back;
 4. pipelining: a request sent with ``pipelined=True`` may go out on a connection that already has
    such requests in flight, up to ``depth`` (what the sidecar's /health advertises as ``pipeline``),
    so the sidecar process runs the next one the moment it has answered the last, on the same Puma
@@ -36,6 +38,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # a response head larger than this is not from the sidecar
+# How long a request for one sidecar process (``prefer_pid``) waits for a busy connection to it to
+# come back, before it takes another process: an exhausted job's hooks get the live exception only
+# where the job ran, and a fast job's connection is back within milliseconds; a slow job's is not.
+PREFER_WAIT = 2.0
 
 
 class TransportError(Exception):
@@ -201,6 +207,7 @@ class SidecarHTTP:
         self._all: set[_Conn] = set()
         self._piping: set[_Conn] = set()  # busy with pipelined requests, taken by no other kind
         self._load: dict[str | None, int] = {}  # requests in flight per sidecar process
+        self._awaiting: dict[str, list[asyncio.Future[None]]] = {}  # pid -> requests waiting for it
         self._slot = asyncio.Semaphore(self.limit)
 
     async def request(self, method: str, path: str, body: bytes = b"",
@@ -243,6 +250,8 @@ class SidecarHTTP:
             elif not conn.in_flight:  # the last of its callers (answers can land together): idle again
                 self._piping.discard(conn)
                 self._idle.append(conn)
+                if self._awaiting:
+                    self._wake(conn.pid)
 
     def _pipe(self) -> _Conn | None:
         """A connection with pipelined requests in flight and room for one more, to the least
@@ -274,10 +283,9 @@ class SidecarHTTP:
         for conn in [c for c in idle if c.closed]:
             self._discard(conn)
         if prefer_pid is not None:
-            for conn in reversed(idle):
-                if conn.pid == prefer_pid:
-                    idle.remove(conn)
-                    return conn
+            wanted = await self._to_process(prefer_pid)
+            if wanted is not None:
+                return wanted
         if idle:
             load = self._load
             # the most recently used first: its Puma thread is still waiting on it (Puma's fast
@@ -288,6 +296,39 @@ class SidecarHTTP:
                 idle.remove(best)
                 return best
         return await self._open()
+
+    async def _to_process(self, pid: str) -> _Conn | None:
+        """An idle connection to sidecar process ``pid``: one at hand, or the first of its busy ones
+        to come back within PREFER_WAIT; None when it has none open, or none came back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PREFER_WAIT
+        while True:
+            for conn in reversed(self._idle):
+                if conn.pid == pid and not conn.closed:
+                    self._idle.remove(conn)
+                    return conn
+            left = deadline - loop.time()
+            if left <= 0 or not any(c.pid == pid and not c.closed for c in self._all):
+                return None
+            waiter = loop.create_future()
+            self._awaiting.setdefault(pid, []).append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                pass
+            finally:
+                waiters = self._awaiting.get(pid)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._awaiting.pop(pid, None)
+
+    def _wake(self, pid: str | None) -> None:
+        """A connection to ``pid`` came back idle, or went: the first request waiting for it looks again."""
+        for waiter in self._awaiting.get(pid or "", ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def warm(self, path: str, timeout: float,
                    headers: Callable[[], Mapping[str, str]] = dict) -> None:
@@ -376,6 +417,8 @@ class SidecarHTTP:
             self._idle.remove(conn)
         except ValueError:
             pass
+        if self._awaiting:
+            self._wake(conn.pid)
 
     def spread(self) -> dict[str, int]:
         """Open connections per sidecar process (for tests and the startup log)."""

@@ -110,6 +110,26 @@ async def test_a_request_can_ask_for_one_sidecar_process():
     await srv.stop()
 
 
+async def test_a_request_for_a_busy_process_waits_for_its_connection_to_come_back():
+    """In a Puma cluster the process that ran the job may be busy with the next batch when its
+    hooks go out: they wait for its connection instead of reaching another process, which would
+    give them an exception rebuilt from the report."""
+    srv = Server(lambda n, req: ok(b"{}", f"x-fastworker-pid: {n}\r\n"))
+    http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    await asyncio.gather(http.request("POST", "/a"), http.request("POST", "/b"))  # processes 1 and 2
+    busy = asyncio.ensure_future(http.request("POST", "/slow"))  # takes the most recent idle one
+    await asyncio.sleep(0.05)
+    slow_pid = str(next(n for n, req in srv.requests if b"/slow" in req))
+    resp = await http.request("POST", "/exhausted", prefer_pid=slow_pid)
+    assert resp.headers["x-fastworker-pid"] == slow_pid
+    assert busy.done()  # it went out after the slow answer, on the same connection
+    # a process with no connection left is not waited for
+    resp = await http.request("POST", "/exhausted", prefer_pid="99")
+    assert resp.status == 200
+    await http.close()
+    await srv.stop()
+
+
 async def test_chunked_bodies_and_connection_close():
     def reply(n: int, req: bytes) -> bytes:
         if b"/chunked" in req:
