@@ -203,7 +203,10 @@ def test_stats_are_counted_as_sidekiq_counts_them(redis_url, r, stub, worker):
 
 def test_a_pushed_job_is_picked_up_at_once_by_an_idle_worker(redis_url, r, stub, worker):
     w = worker("-c", "2")
-    w.wait_event("startup")
+    startup = w.wait_event("startup")[0]
+    # what the imports and the setup made is frozen before the first job: a full collection that
+    # walked it (~30 ms) would stall every job in flight (launcher.settle_heap)
+    assert startup["frozen_objects"] > 10_000
     time.sleep(1.0)  # idle: every queue empty, wakers blocked
     lags = []
     for i in range(5):
