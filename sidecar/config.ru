@@ -12,22 +12,17 @@ $LOAD_PATH.unshift(File.expand_path("lib", __dir__))
 require "fastworker/sidecar"
 require "fastworker/sidecar/boot"
 
+rails_root = ENV.fetch("RAILS_ROOT") { Dir.pwd }
+Fastworker::Sidecar::Wiring.configure!(rails_root, nil) # config/sidekiq.yml, as `sidekiq` finds it
 threads = Integer(ENV.fetch("FASTWORKER_SIDECAR_THREADS", "10"), 10)
-drain = Fastworker::Sidecar::Drain.new(capacity: threads)
-Fastworker::Sidecar.drain = drain
+# /health reports the Puma worker count; outside Puma (or in single mode) that is 1.
+workers = (defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config) ? ::Puma.cli_config.options[:workers].to_i : 1
+drain, app = Fastworker::Sidecar::Wiring.build(threads: threads, workers: workers)
 if defined?(::Puma::Server)
-  require "fastworker/sidecar/puma_drain"
-  require "fastworker/sidecar/puma_pipelining"
-  Fastworker::Sidecar::PumaDrain.install!
-  Fastworker::Sidecar::PumaPipelining.install! # /health then offers "pipeline": 2 (Puma 5.x)
   # Puma 5's TERM handler re-raises SIGTERM after starting the stop, which would end the
   # process before the drain. Same as `raise_exception_on_sigterm false` in a Puma config.
   Puma.cli_config.options[:raise_exception_on_sigterm] = false if Puma.respond_to?(:cli_config) && Puma.cli_config
 end
 
-Fastworker::Sidecar::Boot.boot!(ENV.fetch("RAILS_ROOT") { Dir.pwd })
-drain.ready!
-
-# /health reports the Puma worker count; outside Puma (or in single mode) that is 1.
-workers = (defined?(::Puma) && ::Puma.respond_to?(:cli_config) && ::Puma.cli_config) ? ::Puma.cli_config.options[:workers].to_i : 1
-run Fastworker::Sidecar::App.new(drain: drain, workers: [workers, 1].max)
+Fastworker::Sidecar::Wiring.boot!(drain, rails_root, nil)
+run app

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,35 @@ def test_enqueue_over_the_apps_http_endpoint(db, rworker):
     finally:
         app.terminate()
         app.wait(20)
+
+
+def test_the_sidecar_under_the_teams_own_puma(db, worker, tmp_path):
+    """sidecar/config.ru, for a team that runs its own Puma: the same wiring as fastworker-sidecar
+    (wiring.rb): the door the secret locks, the drain, pipelined batches; jobs run through it."""
+    port = free_port()
+    env = rails.app_env(URL, extra={"RAILS_ROOT": str(rails.RAILS_ROOT), "FASTWORKER_SIDECAR_THREADS": "4"})
+    log = open(tmp_path / "puma.log", "wb")
+    puma = subprocess.Popen(["puma", "-b", f"tcp://127.0.0.1:{port}", "-t", "6:6", str(rails.ROOT / "sidecar/config.ru")],
+                            cwd=rails.RAILS_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        side = rails.Sidecar(puma, port, tmp_path / "puma.log", log)
+        wait_until(lambda: side.health()[0] == 200, 60, 0.1, "the sidecar under puma")
+        health = side.health()[1]
+        assert health["pipeline"] == 2 and health["batch"] is True and health["capacity"] == 4
+        try:
+            urllib.request.urlopen(urllib.request.Request(side.url + "/perform", data=b"{}", method="POST"), timeout=5)
+            unsigned = 200
+        except urllib.error.HTTPError as exc:
+            unsigned = exc.code
+        assert unsigned == 401
+        jids = enqueue('puts DemoEnqueuer.enqueue("plain", 6).to_json')
+        worker("-c", "4", sidecar_url=side.url)
+        wait_until(lambda: len(runs(db, "plain")) == 6, 30, 0.1, "six plain jobs")
+        assert sorted(x["jid"] for x in runs(db, "plain")) == sorted(jids)
+    finally:
+        puma.terminate()
+        puma.wait(30)
+        log.close()
 
 
 def test_slow_job_runs_in_parallel_up_to_the_concurrency(db, rworker):

@@ -16,8 +16,8 @@ module Fastworker
     # 4. Take Sidekiq 7+'s own Metrics::Middleware (added by requiring sidekiq/cli) out of the
     #    server chain: the worker writes the job metrics (fastworker/job_metrics.py), and the
     #    middleware would only pile counts up in memory, or count every job twice if :beat fired.
-    # Lifecycle events (:startup, :quiet, :shutdown) are not fired: the worker owns the
-    # process lifecycle (see sidecar/README.md).
+    # Lifecycle events (:startup, :quiet, :shutdown, :heartbeat) are not fired here: they follow
+    # the worker's POST /lifecycle (Lifecycle).
     class Boot
       def self.environment(explicit = nil)
         explicit || ENV["APP_ENV"] || ENV["RAILS_ENV"] || ENV["RACK_ENV"] || "development"

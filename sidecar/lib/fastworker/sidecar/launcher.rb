@@ -52,7 +52,6 @@ module Fastworker
       def run
         root = options[:rails_root]
         Dir.chdir(root)
-        Boot.sidekiq_server!
         # Before RAILS_MAX_THREADS is set below: Sidekiq reads it as the concurrency fallback,
         # and only the operator's value may count there.
         resolve_sidekiq_config!
@@ -62,13 +61,9 @@ module Fastworker
         require "puma/configuration"
         require "puma/launcher"
 
-        drain = Drain.new(capacity: options[:threads])
-        Sidecar.drain = drain
+        drain, app = Wiring.build(threads: options[:threads], workers: options[:workers], env: @env)
         Sidecar.drain_timeout_explicit = true if options[:drain_timeout_explicit]
         Sidecar.drain_timeout = options[:drain_timeout]
-        PumaDrain.install!
-        PumaPipelining.install!
-        app = App.new(drain: drain, workers: options[:workers], door: Door.from_env(@env))
 
         if cluster?
           boot_app(drain)
@@ -82,7 +77,7 @@ module Fastworker
       # as `sidekiq` itself does; the app's configure_server blocks then see these settings.
       def resolve_sidekiq_config!
         require "fastworker/sidecar/server_config"
-        ServerConfig.setup!(ServerConfig.argv(options[:rails_root], options[:environment], options[:sidekiq_args]))
+        Wiring.configure!(options[:rails_root], options[:environment], options[:sidekiq_args])
         Sidecar.drain_timeout = Float(ServerConfig.options[:timeout] || 25) unless options[:drain_timeout_given]
         options[:drain_timeout] = Sidecar.drain_timeout
       rescue ArgumentError => e
@@ -115,9 +110,7 @@ module Fastworker
 
       def boot_app(drain)
         started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        Boot.boot!(options[:rails_root], environment: options[:environment])
-        ServerConfig.booted!
-        drain.ready!
+        Wiring.boot!(drain, options[:rails_root], options[:environment])
         took = (Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(2)
         Compat.logger.info("fastworker-sidecar: booted Rails #{::Rails.version} (#{::Rails.env}) with Sidekiq #{::Sidekiq::VERSION} in #{took}s; #{options[:threads]} job slots per process")
       rescue Exception => e # rubocop:disable Lint/RescueException -- a half-booted sidecar must not stay up
