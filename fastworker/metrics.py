@@ -49,6 +49,10 @@ MAX_SERIES = 2_000  # (queue, class) pairs tracked; beyond that the class is rep
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# why a job goes back on its queue without spending a retry (the launcher's hang watchdog, the
+# processor's unavailable sidecar): the labels of fastworker_jobs_requeued_total
+REQUEUE_REASONS = ("sidecar_hung", "sidecar_unavailable")
+
 class _Histogram:
     """Bucket counts (not cumulative) plus sum; ``observe`` is one bisect and two additions."""
 
@@ -143,7 +147,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self._series: dict[tuple[str, str], _JobSeries] = {}
         self._sidecar: dict[str, _Histogram] = {}
-        self._requeued: dict[str, int] = {}
+        # every reason exported from the start (0), so the dashboard's rate() reads 0, not "no data"
+        self._requeued: dict[str, int] = dict.fromkeys(REQUEUE_REASONS, 0)
         self._dead = 0
         self.queue_stats: QueueStats | None = None
         self.queue_stats_refreshes = 0

@@ -145,6 +145,9 @@ def test_metrics_after_a_known_workload(redis_url, r, stub, worker):
     assert val(m, "fastworker_sidecar_calls_total", outcome="failed") == 4
     assert val(m, "fastworker_sidecar_call_duration_seconds_count", outcome="done") == 8
     assert val(m, "fastworker_jobs_dead_total") == 2
+    # every requeue reason is there before the first requeue (the dashboard reads 0, not no data)
+    assert val(m, "fastworker_jobs_requeued_total", reason="sidecar_unavailable") == 0
+    assert val(m, "fastworker_jobs_requeued_total", reason="sidecar_hung") == 0
     # queue-wide gauges, as Sidekiq::Stats would report them
     assert val(m, "sidekiq_jobs_waiting_count", queue="idle") == 3
     assert val(m, "sidekiq_jobs_waiting_count", queue="default") == 0
