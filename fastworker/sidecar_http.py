@@ -298,8 +298,8 @@ class SidecarHTTP:
         return await self._open()
 
     async def _to_process(self, pid: str) -> _Conn | None:
-        """An idle connection to sidecar process ``pid``: one at hand, or the first of its busy ones
-        to come back within PREFER_WAIT; None when it has none open, or none came back."""
+        """An idle connection to sidecar process ``pid``: one at hand, or (several processes) the
+        first of its busy ones to come back within PREFER_WAIT; None otherwise."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PREFER_WAIT
         while True:
@@ -308,7 +308,8 @@ class SidecarHTTP:
                     self._idle.remove(conn)
                     return conn
             left = deadline - loop.time()
-            if left <= 0 or not any(c.pid == pid and not c.closed for c in self._all):
+            # one process: any new connection reaches it, no need to wait for a busy one
+            if left <= 0 or self.processes <= 1 or not any(c.pid == pid and not c.closed for c in self._all):
                 return None
             waiter = loop.create_future()
             self._awaiting.setdefault(pid, []).append(waiter)

@@ -116,6 +116,7 @@ async def test_a_request_for_a_busy_process_waits_for_its_connection_to_come_bac
     give them an exception rebuilt from the report."""
     srv = Server(lambda n, req: ok(b"{}", f"x-fastworker-pid: {n}\r\n"))
     http = SidecarHTTP(await srv.start(), limit=4, connect_timeout=1)
+    http.processes = 2  # as /health advertises a cluster of two
     await asyncio.gather(http.request("POST", "/a"), http.request("POST", "/b"))  # processes 1 and 2
     busy = asyncio.ensure_future(http.request("POST", "/slow"))  # takes the most recent idle one
     await asyncio.sleep(0.05)
