@@ -12,7 +12,9 @@ Duties:
    follows, ``--concurrency`` and ``--max-retries``), once, before the fetcher starts; not delivered
    (sidecar booting or down) -> the loop keeps trying, and a ``beat`` registers the worker too.
 2. every ``heartbeat_interval``: a ``beat`` (with the quiet flag), which also re-registers the worker
-   with a sidecar that restarted meanwhile;
+   with a sidecar that restarted meanwhile; after it (and after ``startup``) the settings go to the
+   sidecar's other processes in a Puma cluster (``announce``), which see no lifecycle events, and
+   after ``shutdown`` they are told to forget them;
 3. ``quiet()`` / ``stopping()``: ``quiet`` / ``shutdown`` at once, in order;
 4. ``stop``: let the loop deliver what is still pending (``shutdown`` at the latest) within
    STOP_FLUSH seconds; never block shutdown longer, never send an event twice.
@@ -97,6 +99,8 @@ class Lifecycle:
             self.delivered.append(event)
             if event == "startup":
                 self.started = True
+            if event in ("startup", "shutdown"):
+                await self.sidecar.announce(self.identity, self.settings, gone=event == "shutdown")
             log.info("lifecycle_event", lifecycle_event=event)
         return True
 
@@ -116,6 +120,7 @@ class Lifecycle:
             if not woken and "shutdown" not in self.delivered:
                 if await self._send("beat"):
                     self.started = True
+                    await self.sidecar.announce(self.identity, self.settings)
 
     async def _send(self, event: str) -> bool:
         return await self.sidecar.lifecycle(event, self.identity, self.settings, quiet=self.is_quiet())

@@ -13,8 +13,9 @@ Duties:
    --job-timeout) stops running in the sidecar (Sidekiq::Shutdown in its thread) before it is
    requeued; ``lifecycle(event, ...)``: POST /lifecycle (startup/quiet/shutdown/beat), which fires
    the app's Sidekiq lifecycle events. /lifecycle goes over one dedicated keep-alive connection, so
-   that in a Puma cluster it keeps reaching the same sidecar process; neither counts for the hang
-   watchdog, and a failure is reported, never raised.
+   that in a Puma cluster it keeps reaching the same sidecar process; ``announce`` gives the
+   other processes the worker's settings. None of them counts for the hang watchdog, and a
+   failure is reported, never raised.
 6. ``client_push(members)``: POST /client_push, due retry and schedule members through the app's
    client middleware as Sidekiq's poller pushes them; ``client_middleware`` says (from /health)
    whether the app has any, None until the sidecar first answered.
@@ -107,7 +108,7 @@ class SidecarClient:
         if control_timeout is not None:
             # /lifecycle on its own connection (one sidecar process sees a worker's whole
             # lifecycle); /cancel beside the jobs' requests, never queued behind a slow /lifecycle
-            http = self.control if path == "/lifecycle" else self.http
+            http = self.control if path == "/lifecycle" and prefer_pid is None else self.http
             if http is None:
                 raise SidecarUnavailable("client closed")
             try:
@@ -304,6 +305,29 @@ class SidecarClient:
             log.warn("lifecycle_refused", lifecycle_event=event, status=resp.status, body=_excerpt(resp.body))
             return True
         return False
+
+    async def announce(self, identity: str, settings: dict[str, float], gone: bool = False) -> int:
+        """The settings to every other sidecar process (a Puma cluster): /lifecycle reaches one of
+        them, and each keeps its own Sidekiq options and drain timeout. An event of its own
+        ("settings"), which fires nothing there; ``gone``: this worker stopped, forget them. How
+        many processes took it."""
+        if self.http is None or self.control is None or self.offer.processes <= 1:
+            return 0
+        reached = set(self.control.spread())
+        body = orjson.dumps({"event": "settings", "identity": identity, **settings, **({"gone": True} if gone else {})})
+        took = 0
+        for pid in self.http.spread():
+            if pid in reached:
+                continue
+            try:
+                resp = await self._post("/lifecycle", body, {"Content-Type": _JSON},
+                                        control_timeout=LIFECYCLE_TIMEOUT, prefer_pid=pid)
+            except SidecarUnavailable:
+                continue
+            if resp.status == 200:
+                took += 1
+                reached.add(resp.headers.get("x-fastworker-pid") or pid)
+        return took
 
     def _signed(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> dict[str, str]:

@@ -57,3 +57,20 @@ def test_exhaustion_hooks_reach_the_puma_worker_that_holds_the_live_exception(re
         assert {d["cause"] for d in seen} == {"billing said no"}
     finally:
         db.close()
+
+
+def test_every_puma_worker_reads_the_workers_settings_from_sidekiqs_options(redis_url, r, worker):
+    """Issue 11, point 6, in a cluster: /lifecycle reaches one Puma worker, and the worker gives
+    the others its settings too ("settings"), so the app's Ruby code reads them in every one.
+    Its own sidecar: the module's one still counts the other tests' workers as live for a while,
+    and the largest settings of the live workers win."""
+    with rails.start_sidecar(URL, threads=5, workers=2) as cluster:
+        w = worker("-c", "6", "--max-retries", "7", "-t", "9", sidecar_url=cluster.url)
+        w.wait_event("startup")
+        keys = [f"options:seen:{i}" for i in range(60)]
+        ruby_json(redis_url, f"puts {keys!r}.map {{ |k| Sidekiq::Client.push('class' => 'SettingsWorker', 'args' => [k]) }}.to_json")
+        wait_until(lambda: all(r.exists(k) for k in keys), 30, 0.1, "60 SettingsWorker jobs")
+        seen = [json.loads(r.get(k)) for k in keys]
+        assert len({s["pid"] for s in seen}) == 2, "the jobs ran in one Puma worker only"
+        assert {(s["concurrency"], s["max_retries"], s["timeout"]) for s in seen} == {(6, 7, 9)}
+        assert w.stop() == 0

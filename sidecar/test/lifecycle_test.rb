@@ -130,6 +130,28 @@ class LifecycleTest < Minitest::Test
     Fastworker::Sidecar.drain_timeout = nil
   end
 
+  def test_a_settings_event_sets_the_options_and_fires_nothing
+    # another Puma worker of a cluster: it hears the worker's settings, never its lifecycle
+    opts = Fastworker::Sidecar::ServerConfig.options
+    before = %i[timeout concurrency max_retries].to_h { |k| [k, opts[k]] }
+    with_lifecycle_blocks do |seen|
+      status, body = post("/lifecycle", {"event" => "settings", "identity" => "w1", "timeout" => 6, "concurrency" => 4, "max_retries" => 2})
+      assert_equal 200, status
+      assert_equal 0, body["workers"]
+      assert_equal({timeout: 6, concurrency: 4, max_retries: 2}, %i[timeout concurrency max_retries].to_h { |k| [k, opts[k]] })
+      assert_equal 6.0, Fastworker::Sidecar.drain_timeout unless Fastworker::Sidecar.drain_timeout_explicit
+      assert_empty seen # no :startup, no :heartbeat
+      # the worker stopped: its settings no longer count (another worker's smaller ones do)
+      post("/lifecycle", {"event" => "settings", "identity" => "w2", "timeout" => 3, "concurrency" => 2, "max_retries" => 1})
+      post("/lifecycle", {"event" => "settings", "identity" => "w1", "gone" => true})
+      assert_equal({timeout: 3, concurrency: 2, max_retries: 1}, %i[timeout concurrency max_retries].to_h { |k| [k, opts[k]] })
+      assert_empty seen
+    end
+  ensure
+    before&.each { |k, v| opts[k] = v }
+    Fastworker::Sidecar.drain_timeout = nil
+  end
+
   def test_lifecycle_is_refused_while_booting_and_bad_events_are_400
     assert_equal 400, post("/lifecycle", {"event" => "explode", "identity" => "a"})[0]
     assert_equal 400, post("/lifecycle", {"event" => "startup"})[0]

@@ -217,7 +217,7 @@ module Fastworker
 
         body = Payload.parse_object(read_body(env), "body")
         Result.json(200, "done", @lifecycle.call(body["event"], body["identity"], timeout: body["timeout"],
-          quiet: body["quiet"] == true, settings: body.slice(*Lifecycle::SETTINGS)))
+          quiet: body["quiet"] == true, settings: body.slice(*Lifecycle::SETTINGS), gone: body["gone"] == true))
       rescue ArgumentError => e
         Result.bad_request(e.message)
       end

@@ -29,11 +29,15 @@ module Fastworker
     #    Sidekiq's own options (:timeout, :concurrency, :max_retries) become the largest the live
     #    workers announced, so the app's Ruby code reads what the server runs with
     #    (ServerConfig.follow_workers).
+    #    In a Puma cluster the lifecycle events reach one process (the worker's /lifecycle
+    #    connection); the others get {"event": "settings", ...} from each worker on each beat
+    #    (and "gone": true when it stops), which only feeds this duty: no worker is registered
+    #    and nothing fires.
     # 5. Offer `stopping?` for IterableJob's `_context.stopping?` (quiet or stopping).
     class Lifecycle
       WORKER_TTL = 60
       BEAT_MIN = 1.0
-      EVENTS = %w[startup quiet shutdown beat].freeze
+      EVENTS = %w[startup quiet shutdown beat settings].freeze
       SETTINGS = %w[concurrency max_retries].freeze # whole numbers a worker announces with each event
 
       Worker = Struct.new(:quiet, :timeout, :seen, :settings)
@@ -46,23 +50,26 @@ module Fastworker
         @clock = clock
         @lock = Mutex.new
         @workers = {}
+        @announced = {} # identity => Worker: settings heard from workers whose events go elsewhere
         @fired = [] # events fired, in order (for /health and the tests)
         new_cycle
       end
 
       # A worker's event; returns what /lifecycle answers.
       # `quiet`: the worker says it is quiet (its beats carry it, so a restarted sidecar learns it).
-      def call(event, identity, timeout: nil, quiet: false, settings: {})
+      def call(event, identity, timeout: nil, quiet: false, settings: {}, gone: false)
         raise ArgumentError, "unknown event #{event.inspect}" unless EVENTS.include?(event)
         raise ArgumentError, "identity must be a non-empty string" unless identity.is_a?(String) && !identity.empty?
 
         @lock.synchronize do
           forget_silent
+          next announce(identity, timeout, settings, gone: gone) if event == "settings"
+
           # a goodbye from a worker we do not know (sent twice, or before our restart): nothing to do
           next {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)} if event == "shutdown" && !@workers.key?(identity)
 
           worker = register(identity, timeout)
-          worker.settings = settings.select { |k, v| SETTINGS.include?(k) && v.is_a?(Integer) && v >= 0 }
+          worker.settings = whole_settings(settings)
           worker.quiet = true if quiet == true
           case event
           when "quiet" then worker.quiet = true
@@ -129,6 +136,25 @@ module Fastworker
         worker
       end
 
+      # `gone`: the worker stopped (its goodbye went to the process its events reach)
+      def announce(identity, timeout, settings, gone: false)
+        if gone
+          @announced.delete(identity)
+          follow_workers
+          return {"status" => "ok", "event" => "settings", "workers" => @workers.size, "fired" => @fired.last(10)}
+        end
+        worker = @announced[identity] ||= Worker.new(false, nil, nil, {})
+        worker.seen = @clock.call
+        worker.timeout = Float(timeout) if timeout.is_a?(Numeric) && timeout >= 0
+        worker.settings = whole_settings(settings)
+        follow_workers
+        {"status" => "ok", "event" => "settings", "workers" => @workers.size, "fired" => @fired.last(10)}
+      end
+
+      def whole_settings(settings)
+        settings.select { |k, v| SETTINGS.include?(k) && v.is_a?(Integer) && v >= 0 }
+      end
+
       def beat
         unless @heartbeat_fired
           @heartbeat_fired = true
@@ -144,14 +170,16 @@ module Fastworker
       def forget_silent
         now = @clock.call
         @workers.delete_if { |_, w| now - w.seen > WORKER_TTL }
+        @announced.delete_if { |id, w| @workers.key?(id) || now - w.seen > WORKER_TTL }
       end
 
       def follow_workers
-        return if @workers.empty?
+        live = @workers.values + @announced.values
+        return if live.empty?
 
-        timeouts = @workers.each_value.map(&:timeout).compact
+        timeouts = live.map(&:timeout).compact
         Sidecar.follow_worker_timeout(timeouts.max) unless timeouts.empty?
-        largest = SETTINGS.to_h { |k| [k.to_sym, @workers.each_value.map { |w| w.settings[k] }.compact.max] }
+        largest = SETTINGS.to_h { |k| [k.to_sym, live.map { |w| w.settings[k] }.compact.max] }
         ServerConfig.follow_workers(timeout: timeouts.max, **largest)
       end
 
