@@ -107,7 +107,8 @@ class SidecarClient:
         the hang watchdog; a control request (``control_timeout`` given) does not."""
         if control_timeout is not None:
             # /lifecycle on its own connection (one sidecar process sees a worker's whole
-            # lifecycle); /cancel beside the jobs' requests, never queued behind a slow /lifecycle
+            # lifecycle), unless it is for one process (announce); /cancel beside the jobs'
+            # requests, never queued behind a slow /lifecycle
             http = self.control if path == "/lifecycle" and prefer_pid is None else self.http
             if http is None:
                 raise SidecarUnavailable("client closed")
@@ -306,16 +307,15 @@ class SidecarClient:
             return True
         return False
 
-    async def announce(self, identity: str, settings: dict[str, float], gone: bool = False) -> int:
+    async def announce(self, identity: str, settings: dict[str, float], gone: bool = False) -> None:
         """The settings to every other sidecar process (a Puma cluster): /lifecycle reaches one of
         them, and each keeps its own Sidekiq options and drain timeout. An event of its own
-        ("settings"), which fires nothing there; ``gone``: this worker stopped, forget them. How
-        many processes took it."""
+        ("settings"), which fires nothing there; ``gone``: this worker stopped, forget them. Best
+        effort: the next beat sends them again."""
         if self.http is None or self.control is None or self.offer.processes <= 1:
-            return 0
+            return
         reached = set(self.control.spread())
-        body = orjson.dumps({"event": "settings", "identity": identity, **settings, **({"gone": True} if gone else {})})
-        took = 0
+        body = orjson.dumps({"event": "settings", "identity": identity, "gone": gone, **settings})
         for pid in self.http.spread():
             if pid in reached:
                 continue
@@ -324,10 +324,8 @@ class SidecarClient:
                                         control_timeout=LIFECYCLE_TIMEOUT, prefer_pid=pid)
             except SidecarUnavailable:
                 continue
-            if resp.status == 200:
-                took += 1
-                reached.add(resp.headers.get("x-fastworker-pid") or pid)
-        return took
+            # a busy process's request may have gone to another one: that one has them now too
+            reached.add(resp.headers.get("x-fastworker-pid") or pid)
 
     def _signed(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None) -> dict[str, str]:

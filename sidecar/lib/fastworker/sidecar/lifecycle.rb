@@ -66,7 +66,7 @@ module Fastworker
           next announce(identity, timeout, settings, gone: gone) if event == "settings"
 
           # a goodbye from a worker we do not know (sent twice, or before our restart): nothing to do
-          next {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)} if event == "shutdown" && !@workers.key?(identity)
+          next answer(event) if event == "shutdown" && !@workers.key?(identity)
 
           worker = register(identity, timeout)
           worker.settings = whole_settings(settings)
@@ -85,7 +85,7 @@ module Fastworker
             new_cycle
           end
           follow_workers
-          {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)}
+          answer(event)
         end
       end
 
@@ -131,24 +131,30 @@ module Fastworker
             fire(:startup)
           end
         end
-        worker.seen = @clock.call
-        worker.timeout = Float(timeout) if timeout.is_a?(Numeric) && timeout >= 0
-        worker
+        seen(worker, timeout)
       end
 
       # `gone`: the worker stopped (its goodbye went to the process its events reach)
       def announce(identity, timeout, settings, gone: false)
         if gone
           @announced.delete(identity)
-          follow_workers
-          return {"status" => "ok", "event" => "settings", "workers" => @workers.size, "fired" => @fired.last(10)}
+        else
+          worker = seen(@announced[identity] ||= Worker.new(false, nil, nil, {}), timeout)
+          worker.settings = whole_settings(settings)
         end
-        worker = @announced[identity] ||= Worker.new(false, nil, nil, {})
+        follow_workers
+        answer("settings")
+      end
+
+      def answer(event)
+        {"status" => "ok", "event" => event, "workers" => @workers.size, "fired" => @fired.last(10)}
+      end
+
+      # the worker was just heard from, with the timeout it announced
+      def seen(worker, timeout)
         worker.seen = @clock.call
         worker.timeout = Float(timeout) if timeout.is_a?(Numeric) && timeout >= 0
-        worker.settings = whole_settings(settings)
-        follow_workers
-        {"status" => "ok", "event" => "settings", "workers" => @workers.size, "fired" => @fired.last(10)}
+        worker
       end
 
       def whole_settings(settings)
