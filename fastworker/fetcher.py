@@ -56,6 +56,7 @@ class Fetcher:
         self.quiet = False
         self._backoff = Backoff()  # after a failed fetch
         self._deep = False  # the last fetch found a job for every free token
+        self._rearm = False  # the next tick waits on the wakers instead of fetching
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._wakers: list[asyncio.Task[None]] = []
@@ -122,7 +123,16 @@ class Fetcher:
                 rest, self._handoff = self._handoff, []
                 await self.broker.bulk_requeue(rest[::-1])
             self.fetched += len(items)
+            # One job woke an idle worker, and the fetch before found the queues empty: the
+            # waker's BLMOVE, which returns at once if another job is already there, stands in for
+            # the fetch that would almost surely find nothing (one round trip less per job at a
+            # trickle). A burst shows as a second job taken while this one runs: that one fetches.
+            self._rearm = len(items) == 1 and self.limiter.in_use == 0 and not self._deep
             await self._dispatch(items)
+            return
+        if self._rearm:
+            self._rearm = False
+            await self._idle_wait()
             return
         if (self._deep and self.limiter.in_use and self.manager.fast_in_flight
                 and (free < min(self.planner.size, self.limiter.capacity)
@@ -218,6 +228,11 @@ class Fetcher:
                 raise
             except REDIS_ERRORS as exc:
                 self.broker.health.failed("wait", exc)
+                await asyncio.sleep(1.0)
+                continue
+            except Exception as exc:  # e.g. an error reply: a dead waker would leave the loop deaf to pushes
+                log.error("loop_failed", loop="waker", queue=queue, error_class=type(exc).__name__,
+                          error_message=str(exc)[:500])
                 await asyncio.sleep(1.0)
                 continue
             if raw is not None:

@@ -13,6 +13,7 @@ from fastworker.breaker import Breaker
 from fastworker.capsules import Capsule
 from fastworker.fetcher import Fetcher
 from fastworker.limiter import Limiter
+from redis.exceptions import ResponseError
 
 JOB = b'{"class":"HardJob","args":[],"jid":"0123456789abcdef01234567","queue":"default","retry":true}'
 
@@ -52,9 +53,9 @@ async def test_a_waker_blocks_again_only_after_the_job_it_took_has_started():
     redis.pushed.put_nowait(JOB)
     await asyncio.wait_for(idle, 1)  # the waker takes the job and wakes the loop
     await fetcher.tick()  # the job starts
-    idle = asyncio.ensure_future(fetcher.tick())  # the fetch behind it finds nothing: idle again
+    idle = asyncio.ensure_future(fetcher.tick())  # a lone job of an idle worker: straight back to the waker
     await asyncio.sleep(0.01)
-    assert redis.calls == ["fetch", "blmove", "start", "fetch", "blmove"]
+    assert redis.calls == ["fetch", "blmove", "start", "blmove"]
     fetcher.stop()
     await asyncio.wait_for(idle, 1)
     assert core.decode_envelope(JOB).jid == "0123456789abcdef01234567"
@@ -151,3 +152,28 @@ def test_reconnect_backoff_doubles_with_jitter_up_to_its_cap_and_resets():
         assert 0.5 * base <= d <= 1.5 * base
     b.reset()
     assert b.delay() <= 0.075
+
+
+async def test_a_waker_survives_an_error_reply_and_takes_the_next_job():
+    """An error a waker does not expect (here an error reply) is logged and the waker goes on: a
+    dead waker would leave an idle worker deaf to pushes until its 10 s re-check."""
+    redis = Redis()
+    replies: list[Any] = [ResponseError("ERR syntax error"), JOB]
+
+    async def wait_for_job(queue: str, timeout: float) -> bytes | None:
+        redis.calls.append("blmove")
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    redis.wait_for_job = wait_for_job  # type: ignore[method-assign]
+    manager = SimpleNamespace(fast_in_flight=0, fast_requests=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
+    processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
+    fetcher = Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
+                      BatchPlanner(5, Offer()), Capsule("default", 5, (("default", 0),)))
+    await asyncio.wait_for(fetcher.tick(), 3)  # idle; the waker fails once, then takes the job
+    await fetcher.tick()
+    assert redis.calls == ["fetch", "blmove", "blmove", "start"]
+    for t in fetcher._wakers:
+        t.cancel()
