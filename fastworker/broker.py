@@ -99,30 +99,30 @@ def utc_day(now: float) -> str:
     return _day_cache[1]
 
 
-class HotScript:
-    """One Lua script on a connection of its own, for the call made once per batch of jobs.
+def pack(parts: Sequence[bytes]) -> bytes:
+    """One command in RESP, as redis-py's pack_command would write it for these bytes."""
+    return b"".join([b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
 
-    redis-py's ``Script`` goes through ``execute_command`` (retries, an encoder pass per argument,
-    pool checkout and release), about 30 µs of CPU per call on the project's machine; this packs the
-    EVALSHA itself and keeps one connection checked out, loading the script only on NOSCRIPT.
-    Calls are serialised on the connection; a call that fails or is cancelled half-way drops it,
-    and the next call reconnects (through the pool's own connection class: TLS, ACL and Sentinel
-    included).
+
+class HotConnection:
+    """A connection of a pool kept checked out for one command sent once per batch or per wake-up.
+
+    redis-py's ``execute_command`` (retries, an encoder pass per argument, pool checkout and
+    release) costs about 30 µs of CPU per call on the project's machine; this sends the packed
+    command itself. Calls are serialised on the connection; a call that fails or is cancelled
+    half-way drops it, and the next call reconnects (through the pool's own connection class: TLS,
+    ACL and Sentinel included).
     """
 
-    def __init__(self, redis: Any, source: str) -> None:
-        self._pool = redis.connection_pool
-        self._source = source
-        self._sha = hashlib.sha1(source.encode()).hexdigest().encode()
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._dropping: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, keys: Sequence[bytes | str], args: Sequence[bytes | int]) -> Any:
-        parts = [b"EVALSHA", self._sha, b"%d" % len(keys)]
-        parts += [k if isinstance(k, bytes) else k.encode() for k in keys]
-        parts += [a if isinstance(a, bytes) else b"%d" % a for a in args]
-        packed = b"".join([b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(p), p) for p in parts])
+    async def call(self, packed: bytes, script: str | None = None) -> Any:
+        """Send ``packed`` and read its reply; ``script``: the source to load on NOSCRIPT (the
+        packed command is then sent again)."""
         async with self._lock:
             if self._conn is None:
                 self._conn = await self._pool.get_connection()
@@ -132,7 +132,9 @@ class HotScript:
                     await conn.send_packed_command(packed, check_health=False)
                     return await conn.read_response()
                 except rexc.NoScriptError:
-                    await conn.send_command("SCRIPT", "LOAD", self._source)
+                    if script is None:
+                        raise
+                    await conn.send_command("SCRIPT", "LOAD", script)
                     await conn.read_response()
                     await conn.send_packed_command(packed, check_health=False)
                     return await conn.read_response()
@@ -161,6 +163,24 @@ class HotScript:
             await self._pool.release(conn)
 
 
+class HotScript:
+    """One Lua script on a connection of its own (EVALSHA, the script loaded only on NOSCRIPT)."""
+
+    def __init__(self, redis: Any, source: str) -> None:
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest().encode()
+        self._conn = HotConnection(redis.connection_pool)
+
+    async def __call__(self, keys: Sequence[bytes | str], args: Sequence[bytes | int]) -> Any:
+        parts = [b"EVALSHA", self._sha, b"%d" % len(keys)]
+        parts += [k if isinstance(k, bytes) else k.encode() for k in keys]
+        parts += [a if isinstance(a, bytes) else b"%d" % a for a in args]
+        return await self._conn.call(pack(parts), self._source)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
 class Broker:
     def __init__(self, redis: Any, blocking_redis: Any, keys: Keys, identity: str,
                  queues: Sequence[str], health: RedisHealth | None = None) -> None:
@@ -172,6 +192,7 @@ class Broker:
         self.health = health or RedisHealth()
         self.stopping = False
         self._ack_fetch_script = HotScript(redis, scripts.ACK_FETCH)
+        self._waiting: dict[str, HotConnection] = {}  # the wakers' BLMOVE connections, by queue
         self._return_script = redis.register_script(scripts.RETURN_INPROGRESS)
         self._requeue_script = redis.register_script(scripts.REQUEUE)
         self._hooks_step_script = redis.register_script(scripts.HOOKS_STEP)
@@ -277,8 +298,11 @@ class Broker:
         One BLMOVE from the queue straight into this process's in-progress list: atomic, so the
         job is never outside Redis, and it saves the idle worker a second round trip.
         """
-        return await self.blocking_redis.blmove(self.keys.queue(queue), self.inprogress_key(queue), timeout,
-                                                "RIGHT", "LEFT")
+        conn = self._waiting.get(queue)
+        if conn is None:  # a connection per queue: every waker blocks at the same time
+            conn = self._waiting[queue] = HotConnection(self.blocking_redis.connection_pool)
+        return await conn.call(pack([b"BLMOVE", self.keys.queue(queue).encode(), self.inprogress_key(queue).encode(),
+                                     b"RIGHT", b"LEFT", repr(float(timeout)).encode()]))
 
     # -- ack and stats -----------------------------------------------------------------------
 
@@ -371,6 +395,8 @@ class Broker:
 
     async def close(self) -> None:
         await self._ack_fetch_script.close()
+        for conn in self._waiting.values():
+            await conn.close()
 
     async def unregister(self) -> None:
         """Clean shutdown: our in-progress lists are empty, forget them."""
