@@ -3,11 +3,14 @@ the STUB sidecar (tests/helpers/stub_sidecar.py), and Redis and Sidekiq's API sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -218,74 +221,66 @@ def test_a_pushed_job_is_picked_up_at_once_by_an_idle_worker(redis_url, r, stub,
     assert max(lags) < 0.25, lags
 
 
-def test_an_idle_worker_sends_few_redis_commands(tmp_path, stub):
+@contextlib.contextmanager
+def _worker_on_private_redis(tmp_path: Any, stub: Any) -> Iterator[tuple[redis.Redis, Any]]:
+    """A started worker (two queues, -c 5) on a redis-server of its own: every command Redis
+    counts is this worker's (or the test's)."""
+    from tests.helpers.procs import Worker
     port = free_port()
     srv = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
                            stdout=subprocess.DEVNULL)
     try:
         r = redis.Redis(port=port)
         wait_until(lambda: _ping(r), 5, what="private redis")
-        from tests.helpers.procs import Worker
         w = Worker(f"redis://127.0.0.1:{port}/0", stub.url, "-q", "critical,default", "-c", "5",
                    log_path=tmp_path / "w.log")
         try:
             w.wait_event("startup")
-            time.sleep(3)
-            before = int(r.info("stats")["total_commands_processed"])
-            time.sleep(5)
-            after = int(r.info("stats")["total_commands_processed"])
-            per_s = (after - before - 1) / 5
-            # heartbeat 8 commands / 5 s, scheduler 2 ZRANGE / s (due jobs start within 1 s), a
-            # blocking waker per queue / 5 s: ~4.5/s. Idle Sidekiq 6.4 sends more (10 processors
-            # each BRPOP every 2 s, plus heartbeat and poller); busy polling would send hundreds.
-            assert per_s <= 6, per_s
+            yield r, w
         finally:
             w.kill()
     finally:
         srv.kill()
         srv.wait()
+
+
+def test_an_idle_worker_sends_few_redis_commands(tmp_path, stub):
+    with _worker_on_private_redis(tmp_path, stub) as (r, _):
+        time.sleep(3)
+        before = int(r.info("stats")["total_commands_processed"])
+        time.sleep(5)
+        after = int(r.info("stats")["total_commands_processed"])
+        per_s = (after - before - 1) / 5
+        # heartbeat 8 commands / 5 s, scheduler 2 ZRANGE / s (due jobs start within 1 s), a
+        # blocking waker per queue / 5 s: ~4.5/s. Idle Sidekiq 6.4 sends more (10 processors
+        # each BRPOP every 2 s, plus heartbeat and poller); busy polling would send hundreds.
+        assert per_s <= 6, per_s
 
 
 def test_a_trickle_of_jobs_costs_one_blocking_take_each_and_a_burst_goes_back_to_batch_fetches(tmp_path, stub):
     """An idle worker woken by one job does not follow it with a fetch that finds nothing: the
     waker's BLMOVE takes the next one (as Sidekiq's BRPOP would). A burst is fetched in batches."""
-    port = free_port()
-    srv = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                           stdout=subprocess.DEVNULL)
-    try:
-        r = redis.Redis(port=port)
-        wait_until(lambda: _ping(r), 5, what="private redis")
-        from tests.helpers.procs import Worker
-        w = Worker(f"redis://127.0.0.1:{port}/0", stub.url, "-q", "critical,default", "-c", "5",
-                   log_path=tmp_path / "w.log")
+    def job(i: int) -> str:
+        return json.dumps({"class": "HardJob", "args": [i], "jid": f"{i:024x}", "queue": "default"})
 
+    with _worker_on_private_redis(tmp_path, stub) as (r, _):
         def calls(cmd: str) -> int:
             return int(r.info("commandstats").get(f"cmdstat_{cmd}", {}).get("calls", 0))
 
-        def job(i: int) -> str:
-            return json.dumps({"class": "HardJob", "args": [i], "jid": f"{i:024x}", "queue": "default"})
-
-        try:
-            w.wait_event("startup")
-            time.sleep(1.0)
-            lmoves = calls("lmove")  # the fetch script moves jobs with LMOVE, one per queue it tries
-            for i in range(10):
-                r.lpush("queue:default", job(i))
-                wait_until(lambda: processed(r) >= i + 1, 5, 0.002, f"job {i}")
-                time.sleep(0.05)
-            assert calls("lmove") - lmoves <= 2, "a fetch followed each lone job"
-            blmoves = calls("blmove")
-            r.lpush("queue:default", *[job(100 + i) for i in range(60)])
-            wait_until(lambda: processed(r) >= 70, 10, 0.005, "the burst")
-            # one at a time would be 60; each moment the burst leaves the worker idle costs one per queue
-            assert calls("blmove") - blmoves <= 20, "the burst was taken one BLMOVE at a time"
-            assert sorted(rec["jid"] for rec in stub.stats()["records"]) == sorted(
-                [f"{i:024x}" for i in range(10)] + [f"{100 + i:024x}" for i in range(60)])
-        finally:
-            w.kill()
-    finally:
-        srv.kill()
-        srv.wait()
+        time.sleep(1.0)
+        lmoves = calls("lmove")  # the fetch script moves jobs with LMOVE, one per queue it tries
+        for i in range(10):
+            r.lpush("queue:default", job(i))
+            wait_until(lambda: processed(r) >= i + 1, 5, 0.002, f"job {i}")
+            time.sleep(0.05)
+        assert calls("lmove") - lmoves <= 2, "a fetch followed each lone job"
+        blmoves = calls("blmove")
+        r.lpush("queue:default", *[job(100 + i) for i in range(60)])
+        wait_until(lambda: processed(r) >= 70, 10, 0.005, "the burst")
+        # one at a time would be 60; each moment the burst leaves the worker idle costs one per queue
+        assert calls("blmove") - blmoves <= 20, "the burst was taken one BLMOVE at a time"
+        assert sorted(rec["jid"] for rec in stub.stats()["records"]) == sorted(
+            [f"{i:024x}" for i in range(10)] + [f"{100 + i:024x}" for i in range(60)])
 
 
 def _ping(r: redis.Redis) -> bool:
