@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks: Debian's Ruby/Rails/Sidekiq/Puma (the sidecar and the tests'
-# Sidekiq client), redis-server/redis-sentinel, and fastworker itself with its dev tools (pip).
+# Sidekiq client), redis-server/redis-sentinel, docker-compose, and fastworker itself with its dev tools (pip).
 # Idempotent: skips what is already there. Needs root (or sudo) for apt on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg redis-server redis-sentinel wrk rubocop"
+APT_PKGS="ruby ruby-rails ruby-sidekiq puma ruby-sqlite3 ruby-pg redis-server redis-sentinel wrk rubocop docker-compose"
+# docker-compose: its Compose Specification schema checks the compose files in pytest
+# (tests/test_deploy.py), which runs before make compose-test would install it on a fresh machine
 # note: Debian's `rails` metapackage pulls node tooling that does not install here; ruby-rails is Rails itself
 missing=""
 for p in $APT_PKGS; do
