@@ -9,9 +9,9 @@ Duties:
 1. fetch: move jobs atomically from ``queue:NAME`` into this process's in-progress list, many per
    round trip (Lua + LMOVE), in strict or per-slot weighted order; the same call carries the acks
    and stat counters queued since the last one, so a finished batch costs one round trip in all.
-2. wait: with every queue empty, block on the queues (a BLMOVE that puts the job straight back)
-   instead of polling, so an idle worker sends a few commands a second and wakes within a
-   millisecond of a push.
+2. wait: with every queue empty, block on the queues (one BLMOVE per queue, straight into the
+   in-progress list, on a connection of its own) instead of polling, so an idle worker sends a few
+   commands a second and takes a pushed job within a millisecond.
 3. ack: remove finished jobs from the in-progress list, together with the Sidekiq stat counters:
    carried by the next fetch, or flushed alone when no fetch carried them within ACK_LINGER
    (quiet, breaker open, every token busy); retried until it lands.
