@@ -31,6 +31,7 @@ from .broker import REDIS_ERRORS, Broker
 from .limiter import Limiter
 from .log import log
 from .manager import Manager
+from .poll_loop import tick_failed
 from .processor import Processor
 from .clock import Backoff, wait_event
 
@@ -231,8 +232,7 @@ class Fetcher:
                 await asyncio.sleep(1.0)
                 continue
             except Exception as exc:  # e.g. an error reply: a dead waker would leave the loop deaf to pushes
-                log.error("loop_failed", loop="waker", queue=queue, error_class=type(exc).__name__,
-                          error_message=str(exc)[:500])
+                tick_failed("waker", exc, queue=queue)
                 await asyncio.sleep(1.0)
                 continue
             if raw is not None:

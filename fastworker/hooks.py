@@ -31,7 +31,7 @@ from .broker import REDIS_ERRORS, Broker
 from .clock import Clock
 from .errors import SidecarUnavailable
 from .log import log
-from .poll_loop import PollLoop
+from .poll_loop import PollLoop, tick_failed
 from .jobjson import dump_job, load_job
 
 LEASE = 60.0  # seconds a process has to finish a step before another may take the entry
@@ -114,7 +114,7 @@ class Hooks(PollLoop):
         except REDIS_ERRORS as exc:
             self.broker.health.failed("hooks", exc)
         except Exception as exc:  # a bug or an unexpected reply must not end the loop for good
-            log.error("loop_failed", loop="hooks", error_class=type(exc).__name__, error_message=str(exc)[:500])
+            tick_failed("hooks", exc)
         return 0
 
     async def tick(self) -> int:

@@ -40,6 +40,7 @@ from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
 from .metrics import Metrics
+from .poll_loop import tick_failed
 from .processor import Processor
 from .redis_url import connect
 from .recoverer import Recoverer, held_jobs
@@ -310,8 +311,7 @@ class Launcher:
             try:
                 await self._breaker_probe_tick()
             except Exception as exc:  # the loop must outlive any one tick
-                log.error("loop_failed", loop="breaker_probe", error_class=type(exc).__name__,
-                          error_message=str(exc)[:300])
+                tick_failed("breaker_probe", exc)
 
     async def _breaker_probe_tick(self) -> None:
         connect_timeout = self.config.sidecar_connect_timeout

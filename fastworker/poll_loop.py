@@ -6,10 +6,18 @@ short, until quiet. It is also the launcher's component protocol: start, quiet, 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from .clock import wait_event
+from .log import log
 
 STOP_WAIT = 5.0  # seconds stop() lets the tick in hand finish before it cancels it
+
+
+def tick_failed(loop: str, exc: BaseException, **context: Any) -> None:
+    """An error one tick of ``loop`` did not expect (a bug, an odd reply): logged with the loop's
+    name and ``context``; the loop goes on, since a loop that ended here would fail silently."""
+    log.error("loop_failed", loop=loop, **context, error_class=type(exc).__name__, error_message=str(exc)[:500])
 
 
 class PollLoop:
