@@ -120,9 +120,10 @@ class HotConnection:
         self._lock = asyncio.Lock()
         self._dropping: set[asyncio.Task[None]] = set()
 
-    async def call(self, packed: bytes, script: str | None = None) -> Any:
+    async def call(self, packed: bytes, script: str | None = None, replies: int = 1) -> Any:
         """Send ``packed`` and read its reply; ``script``: the source to load on NOSCRIPT (the
-        packed command is then sent again)."""
+        packed command is then sent again). ``replies`` > 1: ``packed`` holds that many pipelined
+        commands, and their replies come back as a list."""
         async with self._lock:
             if self._conn is None:
                 self._conn = await self._pool.get_connection()
@@ -130,6 +131,8 @@ class HotConnection:
             try:
                 try:
                     await conn.send_packed_command(packed, check_health=False)
+                    if replies > 1:  # an error reply mid-way would leave the rest unread: drop it then
+                        return [await conn.read_response() for _ in range(replies)]
                     return await conn.read_response()
                 except rexc.NoScriptError:
                     if script is None:
@@ -139,15 +142,22 @@ class HotConnection:
                     await conn.send_packed_command(packed, check_health=False)
                     return await conn.read_response()
             except rexc.ResponseError:
-                raise  # the connection is still in step
-            except BaseException:
-                # a reply may still be on its way: never reuse the stream. Dropped without awaiting
-                # here, so a cancellation (shutdown) cannot leave it half-closed for the next call.
-                self._conn = None
-                task = asyncio.get_running_loop().create_task(self._drop(conn))
-                self._dropping.add(task)
-                task.add_done_callback(self._dropping.discard)
+                if replies == 1:
+                    raise  # the connection is still in step
+                self._discard(conn)
                 raise
+            except BaseException:
+                # a reply may still be on its way: never reuse the stream
+                self._discard(conn)
+                raise
+
+    def _discard(self, conn: Any) -> None:
+        """Dropped without awaiting here, so a cancellation (shutdown) cannot leave it half-closed
+        for the next call."""
+        self._conn = None
+        task = asyncio.get_running_loop().create_task(self._drop(conn))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
     async def _drop(self, conn: Any) -> None:
         try:
@@ -292,17 +302,22 @@ class Broker:
         finally:
             self._acks_inflight = []
 
-    async def wait_for_job(self, queue: str, timeout: float) -> bytes | None:
-        """Block until ``queue`` has a job (or ``timeout``), and take it.
+    async def wait_for_job(self, queue: str, timeout: float) -> tuple[bytes | None, int]:
+        """Block until ``queue`` has a job (or ``timeout``), and take it; also how many jobs the
+        queue holds after it (0 when it was the only one).
 
         One BLMOVE from the queue straight into this process's in-progress list: atomic, so the
-        job is never outside Redis, and it saves the idle worker a second round trip.
+        job is never outside Redis, and it saves the idle worker a second round trip. The LLEN is
+        pipelined behind it on the same connection, so Redis answers it the moment the BLMOVE
+        returns, in the same round trip.
         """
         conn = self._waiting.get(queue)
         if conn is None:  # a connection per queue: every waker blocks at the same time
             conn = self._waiting[queue] = HotConnection(self.blocking_redis.connection_pool)
-        return await conn.call(pack([b"BLMOVE", self.keys.queue(queue).encode(), self.inprogress_key(queue).encode(),
-                                     b"RIGHT", b"LEFT", repr(float(timeout)).encode()]))
+        key = self.keys.queue(queue).encode()
+        raw, left = await conn.call(pack([b"BLMOVE", key, self.inprogress_key(queue).encode(), b"RIGHT", b"LEFT",
+                                          repr(float(timeout)).encode()]) + pack([b"LLEN", key]), replies=2)
+        return raw, int(left)
 
     # -- ack and stats -----------------------------------------------------------------------
 

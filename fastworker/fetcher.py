@@ -58,6 +58,7 @@ class Fetcher:
         self._backoff = Backoff()  # after a failed fetch
         self._deep = False  # the last fetch found a job for every free token
         self._rearm = False  # the next tick waits on the wakers instead of fetching
+        self._left_behind = False  # a waker's queue still held jobs after the one it took
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._wakers: list[asyncio.Task[None]] = []
@@ -120,15 +121,15 @@ class Fetcher:
             free = 1  # half-open: probe jobs one at a time
         if self._handoff:  # jobs a waker already took: they come first, at once
             items, self._handoff = self._handoff[:free], self._handoff[free:]
-            if self._handoff:  # more than tokens (one waker per queue): the rest go back, next in line
+            requeued = bool(self._handoff)
+            if requeued:  # more than tokens (one waker per queue): the rest go back, next in line
                 rest, self._handoff = self._handoff, []
                 await self.broker.bulk_requeue(rest[::-1])
             self.fetched += len(items)
-            # One job woke an idle worker, and the fetch before found the queues empty: the
-            # waker's BLMOVE, which returns at once if another job is already there, stands in for
-            # the fetch that would almost surely find nothing (one round trip less per job at a
-            # trickle). A burst shows as a second job taken while this one runs: that one fetches.
-            self._rearm = len(items) == 1 and self.limiter.in_use == 0 and not self._deep
+            # The wakers' jobs left their queues empty (the LLEN behind each BLMOVE): the next
+            # tick goes back to the wakers instead of a fetch that would find nothing, one round
+            # trip less per job at a trickle. A job left behind means a burst: that one fetches.
+            self._rearm, self._left_behind = not (self._left_behind or requeued), False
             await self._dispatch(items)
             return
         if self._rearm:
@@ -224,7 +225,7 @@ class Fetcher:
         while True:
             await self._idle.wait()
             try:
-                raw = await self.broker.wait_for_job(queue, WAKER_TIMEOUT)
+                raw, left = await self.broker.wait_for_job(queue, WAKER_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
@@ -237,6 +238,7 @@ class Fetcher:
                 continue
             if raw is not None:
                 self._handoff.append((queue, raw))
+                self._left_behind = self._left_behind or left > 0
                 # the loop is busy from now on: this waker blocks again only when it is idle again,
                 # so the next BLMOVE is not sent before the job it just took goes to the sidecar
                 self._idle.clear()

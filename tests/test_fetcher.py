@@ -31,22 +31,28 @@ class Redis:
         self.calls.append("fetch")
         return []
 
-    async def wait_for_job(self, queue: str, timeout: float) -> bytes | None:
+    async def wait_for_job(self, queue: str, timeout: float) -> tuple[bytes | None, int]:
         self.calls.append("blmove")
-        return await self.pushed.get()
+        return await self.pushed.get(), 0
 
     async def bulk_requeue(self, items: Any) -> None:
         self.calls.append("requeue")
+
+
+def idle_fetcher(redis: Redis) -> Fetcher:
+    """A fetch loop of 5 tokens on ``redis``; each job it starts is a "start" in ``redis.calls``."""
+    manager = SimpleNamespace(fast_in_flight=0, fast_requests=0,
+                              spawn=lambda queue, env, fast=False: redis.calls.append("start"))
+    processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
+    return Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
+                   BatchPlanner(5, Offer()), Capsule("default", 5, (("default", 0),)))
 
 
 async def test_a_waker_blocks_again_only_after_the_job_it_took_has_started():
     """The job a BLMOVE brings goes to the sidecar before the next BLMOVE is written: that write
     sits on the job's path otherwise (the pickup latency of an idle worker)."""
     redis = Redis()
-    manager = SimpleNamespace(fast_in_flight=0, fast_requests=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
-    processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
-    fetcher = Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
-                      BatchPlanner(5, Offer()), Capsule("default", 5, (("default", 0),)))
+    fetcher = idle_fetcher(redis)
     idle = asyncio.ensure_future(fetcher.tick())  # every queue empty: the loop idles, its waker blocks
     await asyncio.sleep(0.01)
     assert redis.calls == ["fetch", "blmove"]
@@ -160,18 +166,15 @@ async def test_a_waker_survives_an_error_reply_and_takes_the_next_job():
     redis = Redis()
     replies: list[Any] = [ResponseError("ERR syntax error"), JOB]
 
-    async def wait_for_job(queue: str, timeout: float) -> bytes | None:
+    async def wait_for_job(queue: str, timeout: float) -> tuple[bytes | None, int]:
         redis.calls.append("blmove")
         reply = replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return reply
+        return reply, 0
 
     redis.wait_for_job = wait_for_job  # type: ignore[method-assign]
-    manager = SimpleNamespace(fast_in_flight=0, fast_requests=0, spawn=lambda queue, env, fast=False: redis.calls.append("start"))
-    processor = SimpleNamespace(sidecar=SimpleNamespace(max_body=1 << 20))
-    fetcher = Fetcher(redis, Limiter(5), manager, processor, Breaker(),  # type: ignore[arg-type]
-                      BatchPlanner(5, Offer()), Capsule("default", 5, (("default", 0),)))
+    fetcher = idle_fetcher(redis)
     await asyncio.wait_for(fetcher.tick(), 3)  # idle; the waker fails once, then takes the job
     await fetcher.tick()
     assert redis.calls == ["fetch", "blmove", "blmove", "start"]

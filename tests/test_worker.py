@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers.procs import free_port, ruby, ruby_json, wait_until
+from tests.helpers.procs import ruby, ruby_json, wait_until
 
 
 def push(redis_url: str, ruby_code: str) -> list[str]:
@@ -225,23 +224,20 @@ def test_a_pushed_job_is_picked_up_at_once_by_an_idle_worker(redis_url, r, stub,
 def _worker_on_private_redis(tmp_path: Any, stub: Any) -> Iterator[tuple[redis.Redis, Any]]:
     """A started worker (two queues, -c 5) on a redis-server of its own: every command Redis
     counts is this worker's (or the test's)."""
+    from tests.helpers.faults import PrivateRedis
     from tests.helpers.procs import Worker
-    port = free_port()
-    srv = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-                           stdout=subprocess.DEVNULL)
+    srv = PrivateRedis(tmp_path / "redis")
+    r = srv.client()
     try:
-        r = redis.Redis(port=port)
-        wait_until(lambda: _ping(r), 5, what="private redis")
-        w = Worker(f"redis://127.0.0.1:{port}/0", stub.url, "-q", "critical,default", "-c", "5",
-                   log_path=tmp_path / "w.log")
+        w = Worker(srv.url(), stub.url, "-q", "critical,default", "-c", "5", log_path=tmp_path / "w.log")
         try:
             w.wait_event("startup")
             yield r, w
         finally:
             w.kill()
     finally:
-        srv.kill()
-        srv.wait()
+        r.close()
+        srv.stop(signal.SIGKILL)
 
 
 def test_an_idle_worker_sends_few_redis_commands(tmp_path, stub):
@@ -281,13 +277,6 @@ def test_a_trickle_of_jobs_costs_one_blocking_take_each_and_a_burst_goes_back_to
         assert calls("blmove") - blmoves <= 20, "the burst was taken one BLMOVE at a time"
         assert sorted(rec["jid"] for rec in stub.stats()["records"]) == sorted(
             [f"{i:024x}" for i in range(10)] + [f"{100 + i:024x}" for i in range(60)])
-
-
-def _ping(r: redis.Redis) -> bool:
-    try:
-        return bool(r.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def test_uses_uvloop_and_the_compiled_core(redis_url, stub, worker):
