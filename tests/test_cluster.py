@@ -73,4 +73,5 @@ def test_every_puma_worker_reads_the_workers_settings_from_sidekiqs_options(redi
         seen = [json.loads(r.get(k)) for k in keys]
         assert len({s["pid"] for s in seen}) == 2, "the jobs ran in one Puma worker only"
         assert {(s["concurrency"], s["max_retries"], s["timeout"]) for s in seen} == {(6, 7, 9)}
+        assert {s["redis_pool_size"] for s in seen} == {6 + 5}, "each Puma worker's 6.4.1 pool follows -c"
         assert w.stop() == 0

@@ -183,5 +183,8 @@ def test_the_apps_ruby_code_reads_the_workers_settings_from_sidekiqs_options(db,
         wait_until(lambda: sidecar.health()[1].get("drain_timeout") == 9.0, 20, 0.1, "the worker's hello")
         ruby(URL, 'Sidekiq::Client.push("class" => "SettingsWorker", "args" => ["options:seen"])')
         seen = wait_until(lambda: r.get("options:seen"), 20, 0.05, "SettingsWorker ran")
-        assert json.loads(seen) | {"pid": None} == {"concurrency": 3, "max_retries": 7, "timeout": 9, "pid": None}
+        # 6.4.1 sizes its server pool -c + 5 (RedisConnection.create); the app's `config.redis =`
+        # built it at boot, before the worker said its -c
+        assert json.loads(seen) | {"pid": None} == {"concurrency": 3, "max_retries": 7, "timeout": 9,
+                                                    "redis_pool_size": 3 + 5, "pid": None}
         assert w.stop() == 0

@@ -152,6 +152,28 @@ class LifecycleTest < Minitest::Test
     Fastworker::Sidecar.drain_timeout = nil
   end
 
+  def test_the_workers_concurrency_sizes_the_redis_pool_as_sidekiq_c_does_unless_the_app_chose_a_size
+    sc = Fastworker::Sidecar::ServerConfig
+    skip "6.x sizes one server pool from :concurrency; 7.x+ sizes a pool per capsule" if sc.modern?
+    opts = sc.options
+    before = [opts[:concurrency], Sidekiq.redis_pool]
+    sc.watch_redis!
+    Sidekiq.redis = {url: ENV["REDIS_URL"], size: 30} # Sidekiq refuses one under its concurrency + 2
+    chosen = Sidekiq.redis_pool
+    sc.follow_workers(concurrency: 4)
+    assert_same chosen, Sidekiq.redis_pool, "the app's own :size stays, and its pool"
+    Sidekiq.redis = {url: ENV["REDIS_URL"]}
+    sc.follow_workers(concurrency: 4)
+    assert_equal 4 + 5, Sidekiq.redis_pool.size
+    Sidekiq.redis { |c| assert_equal "PONG", c.ping } # built from the app's hash
+    resized = Sidekiq.redis_pool
+    sc.follow_workers(concurrency: 4) # each beat says it again: built once
+    assert_same resized, Sidekiq.redis_pool
+  ensure
+    opts[:concurrency] = before[0] if before
+    Sidekiq.redis = before[1] if before
+  end
+
   def test_lifecycle_is_refused_while_booting_and_bad_events_are_400
     assert_equal 400, post("/lifecycle", {"event" => "explode", "identity" => "a"})[0]
     assert_equal 400, post("/lifecycle", {"event" => "startup"})[0]

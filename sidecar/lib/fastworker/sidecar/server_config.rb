@@ -19,6 +19,8 @@ module Fastworker
     #    Redis URL and namespace, the Sidekiq version.
     # 3. Answer GET /config and `fastworker-sidecar --print-config` with that snapshot as JSON
     #    (the worker's fastworker/sidekiq_config.py reads it).
+    # 4. Once the workers say their settings (Lifecycle), make them Sidekiq's options, and on 6.x
+    #    size Sidekiq's Redis pool from their concurrency, as `sidekiq -c N` sizes it.
     # Only this file knows how a setting is spelled in 6.x (`Sidekiq.options`) and 7.x/8.x
     # (`Sidekiq.default_configuration`, capsules); Compat still owns the per-job API.
     module ServerConfig
@@ -35,6 +37,7 @@ module Fastworker
       # Sidekiq's own parser over the arguments; raises ArgumentError as `sidekiq` would
       # (a missing -C file, a queue given twice).
       def setup!(args)
+        watch_redis!
         cli = ::Sidekiq::CLI.instance
         cli.instance_variable_set(:@config, ::Sidekiq.default_configuration) if modern? && !cli.instance_variable_get(:@config)
         cli.send(:setup_options, args.dup)
@@ -50,13 +53,39 @@ module Fastworker
       end
 
       # The workers' own settings (Lifecycle, duty 4): Sidekiq's options then say what the server
-      # runs with, whatever the YAML file said. 6.4.1's Redis pool keeps the size it was built
-      # with when the app's `config.redis =` ran at boot (its concurrency + 5 then).
+      # runs with, whatever the YAML file said.
       def follow_workers(timeout: nil, concurrency: nil, max_retries: nil)
         opts = options
         opts[:timeout] = (timeout % 1).zero? ? timeout.to_i : timeout if timeout
         opts[:concurrency] = concurrency if concurrency
         opts[:max_retries] = max_retries if max_retries
+        resize_redis_pool(concurrency) if concurrency && !modern?
+      end
+
+      # 6.x sizes its server pool concurrency + 5 when it is built (RedisConnection.create), which
+      # `sidekiq` does after reading -c; here the app's `config.redis =` ran at boot, before the
+      # workers said theirs. Build it again from what the app gave, through Sidekiq's own
+      # `Sidekiq.redis=`. An explicit :size, or a ConnectionPool the app built, is the app's.
+      # The old pool is left to the GC: a running job may still hold one of its connections.
+      def resize_redis_pool(concurrency)
+        pool = ::Sidekiq.instance_variable_get(:@redis)
+        given = @redis_given || {}
+        return if pool.nil? || pool.size == concurrency + 5 || given.is_a?(::ConnectionPool)
+        return if given.transform_keys(&:to_sym)[:size]
+
+        ::Sidekiq.redis = given
+      end
+
+      # Before the app boots: keep what its `config.redis =` gives 6.x (resize_redis_pool).
+      def watch_redis!
+        ::Sidekiq.singleton_class.prepend(RedisGiven) unless modern? || ::Sidekiq.singleton_class.include?(RedisGiven)
+      end
+
+      module RedisGiven
+        def redis=(hash)
+          ServerConfig.instance_variable_set(:@redis_given, hash)
+          super
+        end
       end
 
       def modern?
