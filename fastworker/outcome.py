@@ -41,12 +41,15 @@ class Failed:
         return rt if isinstance(rt, (int, float)) and not isinstance(rt, bool) else None
 
     def error(self) -> dict[str, Any]:
-        """The exception as /exhausted takes it ("error": class, message, backtrace, stage)."""
+        """The exception as /exhausted takes it ("error": class, message, backtrace, stage, and
+        the sidecar's seal of the exception object, which its hooks get back wherever they run)."""
         error: dict[str, Any] = {"class": self.error_class, "message": self.error_message}
         if self.backtrace is not None:
             error["backtrace"] = self.backtrace
         if self.body.get("stage") is not None:
             error["stage"] = self.body["stage"]
+        if isinstance(self.body.get("exception"), str):
+            error["exception"] = self.body["exception"]
         return error
 
 

@@ -160,6 +160,32 @@ def test_exhaustion_hooks_get_the_live_exception_in_sidekiqs_order(db, rworker, 
     assert dead == {"jid": jid, "cls": "TenantError"}
 
 
+def test_hooks_after_a_sidecar_restart_get_the_exception_it_sealed(db, worker):
+    """The Puma process that ran the job dies before its hooks run (killed inside the first
+    sidekiq_retries_exhausted call): the hooks wait, and the restarted sidecar runs them with the
+    job's own exception object, unsealed from the 422 answer the worker kept, not a stand-in
+    rebuilt from the class name and message."""
+    port = free_port()
+    first = rails.start_sidecar(URL, port=port)
+    try:
+        jid = enqueue('puts TenantWorker.perform_async("acme", "crash-once").to_json')
+        w = worker("-c", "1", sidecar_url=first.url)
+        wait_until(lambda: first.proc.poll() is not None, 20, 0.1, "the sidecar killed in the first hook")
+    finally:
+        first.stop()
+    second = rails.start_sidecar(URL, port=port)
+    try:
+        wait_until(lambda: events(db, "death"), 40, 0.2, "the death handler after the restart")
+        [block], [death] = events(db, "exhausted"), events(db, "death")
+        assert block["jid"] == death["jid"] == jid
+        for hook in (block, death):
+            assert (hook["details"]["tenant"], hook["details"]["cause"]) == ("acme", "billing said no")
+        assert block["details"]["in_dead_set"] is False and death["details"]["in_dead_set"] is True
+        assert w.stop() == 0
+    finally:
+        second.stop()
+
+
 def test_activejob_hooks_and_retry_on(db, rworker, r):
     enqueue("""
       puts [DemoEnqueuer.enqueue("aj_hooks", 1).first, DemoEnqueuer.enqueue("retry_on", 1, failures: 1).first].to_json""")

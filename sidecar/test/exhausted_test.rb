@@ -73,6 +73,31 @@ class ExhaustedTest < Minitest::Test
     assert_equal ["Nope::Missing", "gone"], [second.remote_class, second.message]
   end
 
+  def test_a_hook_in_another_process_gets_the_exception_sealed_in_the_422_answer
+    payload = dead_job("ExhaustedJob", ["suspended"])
+    status, failed = post("/perform", payload)
+    assert_equal 422, status
+    assert_kind_of String, failed["exception"], "the 422 answer carries the sealed exception"
+    Fastworker::Sidecar::Failures.clear # as in another Puma worker, or after a restart
+    error = {"class" => failed["error_class"], "message" => failed["error_message"], "exception" => failed["exception"]}
+    post("/exhausted", {"job" => payload, "error" => error})
+    ex = Recorder[:deaths].last.last
+    assert_equal [ExhaustedJob::Suspended, "acme", "billing said no"], [ex.class, ex.tenant, ex.cause&.message]
+    assert_match(/exhausted_job\.rb/, ex.backtrace.first)
+    # a seal this sidecar did not make is never unmarshalled: the hook gets a stand-in instead
+    forged = Base64.strict_encode64(("\0" * 32) + Marshal.dump(ExhaustedJob::Suspended.new("mallory")))
+    post("/exhausted", {"job" => payload, "error" => error.merge("exception" => forged)})
+    ex = Recorder[:deaths].last.last
+    assert_equal [ExhaustedJob::Suspended, "tenant acme is suspended", nil], [ex.class, ex.message, ex.tenant]
+  end
+
+  def test_an_exception_marshal_cannot_dump_is_not_sealed
+    ex = RuntimeError.new("holds a proc")
+    ex.instance_variable_set(:@callback, -> {})
+    assert_nil Fastworker::Sidecar::Failures.keep(jid, ex)
+    assert_nil Fastworker::Sidecar::Failures.fetch("no-such-jid", sealed: "not base64!")
+  end
+
   def test_unknown_job_class_still_runs_death_handlers
     status, body = post("/exhausted", {"job" => dead_job("NoSuchJob", []), "error" => {"class" => "NameError", "message" => "uninitialized constant NoSuchJob"}})
     assert_equal [200, 1], [status, body["death_handlers"]]

@@ -169,7 +169,8 @@ module Fastworker
         Compat.with_app_executor do
           Compat.handle_exception(exception, {context: "Job raised exception", job: job, jobstr: raw})
         end
-        Failures.keep(job["jid"], exception) # for its exhaustion hooks, should the worker decide so
+        sealed = Failures.keep(job["jid"], exception) # for its exhaustion hooks, should the worker decide so
+        body["exception"] = sealed if sealed
         Result.failed(body)
       end
 

@@ -5,8 +5,9 @@ module Fastworker
     # Exhausted: the Ruby half of "this job is dead", after the worker decided so.
     #
     # Duties (Sidekiq's JobRetry#retries_exhausted, 7.2–8.0.6 semantics):
-    # 1. The exception: the job's live one when this process ran it and still holds it
-    #    (Failures), else one rebuilt from the reported class and message (RemoteError.build).
+    # 1. The exception: the job's live one when this process ran it and still holds it, else
+    #    the one sealed in the 422 answer that the worker hands back (Failures), else one rebuilt
+    #    from the reported class and message (RemoteError.build).
     # 2. Phase "block" (or "all"): run `sidekiq_retries_exhausted { |job, ex| }` (from the
     #    `wrapped` class when it defines one, else the job class) with the worker's updated job
     #    hash; its errors go to the error handlers. It is skipped, as in Sidekiq, when the job
@@ -29,9 +30,9 @@ module Fastworker
         logger = Compat.job_logger
         logger.prepare(job) do
           Compat.reloader.call do
-            exception = Failures.fetch(job["jid"], forget: phase != "block") ||
+            job_class = lookup(job["class"]) # first: an app's exception class may load with it
+            exception = Failures.fetch(job["jid"], sealed: error["exception"], forget: phase != "block") ||
               RemoteError.build(error["class"], error["message"], error["backtrace"])
-            job_class = lookup(job["class"])
             result = run_exhausted_block(job, job_class, exception, error) if run_block && phase != "death"
             ran = run_death_handlers(job, exception) unless result == "discard" || phase == "block"
           end

@@ -4,6 +4,16 @@ class ExhaustedJob
   include Sidekiq::Worker
   sidekiq_options retry: 0
 
+  # An exception of the app's own, with an attribute and a cause: what error trackers read.
+  class Suspended < StandardError
+    attr_reader :tenant
+
+    def initialize(tenant)
+      @tenant = tenant
+      super("tenant #{tenant} is suspended")
+    end
+  end
+
   sidekiq_retries_exhausted do |job, ex|
     Recorder.add(:exhausted, {"job" => job, "error_class" => ex.class.name, "message" => ex.message})
     raise "exhausted block exploded" if job["args"].first == "raise"
@@ -11,7 +21,13 @@ class ExhaustedJob
     (job["args"].first == "discard") ? :discard : nil
   end
 
-  def perform(_mode = nil)
-    raise "always"
+  def perform(mode = nil)
+    raise "always" unless mode == "suspended"
+
+    begin
+      raise IOError, "billing said no"
+    rescue IOError
+      raise Suspended, "acme"
+    end
   end
 end
