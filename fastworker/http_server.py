@@ -3,7 +3,7 @@
 * ``GET /healthz`` - liveness: 200 while the event loop answers (this handler runs on it) and no
   background loop (fetch, heartbeat, scheduler, recoverer, hooks, lifecycle, the breaker probe...)
   has died behind our back; 503 naming the loops otherwise, so an orchestrator restarts the process.
-* ``GET /readyz``  - readiness, from ``launcher.ready``: 200 when Redis answers, the sidecar's
+* ``GET /readyz``  - readiness, from the launcher's ``ready``: 200 when Redis answers, the sidecar's
   circuit is not open and the process is not stopping; else 503 with the reason as JSON.
 * ``GET /metrics`` - Prometheus text format; the queue-wide numbers are at most a second old and
   read from Redis at most once a second however often it is scraped (metrics.py).
@@ -42,17 +42,22 @@ def _json(status: int, body: dict[str, Any]) -> Reply:
 
 
 class HttpServer:
-    def __init__(self, launcher: Any) -> None:
-        self.launcher = launcher
-        self.host = launcher.config.http_host
-        self.port = launcher.config.http_port
+    """``ready`` and ``dead_loops`` are the launcher's live answers for /readyz and /healthz;
+    ``metrics`` serves /metrics (None: 404)."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]],
+                 dead_loops: Callable[[], list[dict[str, Any]]], metrics: Any = None) -> None:
+        self.host = host
+        self.port = port
+        self.ready = ready
+        self.dead_loops = dead_loops
+        self.metrics_source = metrics
         self.loop_lag = 0.0
         self.max_loop_lag = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._routes: dict[str, Callable[[], Awaitable[Reply]]] = {
             "/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics}
         self._ticker: asyncio.Task[None] | None = None
-        metrics = getattr(launcher, "metrics", None)
         if metrics is not None:
             metrics.add_collector(self._lag_metrics)
 
@@ -141,7 +146,7 @@ class HttpServer:
     # -- handlers ------------------------------------------------------------------------------
 
     async def healthz(self) -> Reply:
-        dead = self.launcher.dead_loops()
+        dead = self.dead_loops()
         if dead:  # a loop ended although nobody asked it to: alive, but a part of it does not work
             names = ", ".join(str(d["loop"]) for d in dead)
             return _json(503, {"status": "unhealthy", "reason": f"{names} loop stopped", "loops": dead,
@@ -149,13 +154,13 @@ class HttpServer:
         return _json(200, {"status": "ok", "loop_lag_ms": round(self.loop_lag * 1000, 3)})
 
     async def readyz(self) -> Reply:
-        ready, reason = self.launcher.ready
+        ready, reason = self.ready()
         if ready:
             return _json(200, {"status": "ready"})
         return _json(503, {"status": "not ready", "reason": reason})
 
     async def metrics(self) -> Reply:
-        m = getattr(self.launcher, "metrics", None)
+        m = self.metrics_source
         if m is None:
             return _json(404, {"error": "metrics are not available (fastworker.metrics missing)"})
         await m.refresh()

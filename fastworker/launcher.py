@@ -39,7 +39,7 @@ from .lifecycle import Lifecycle
 from .limiter import Limiter
 from .log import configure, log
 from .manager import Manager
-from .metrics import Metrics
+from .metrics import Metrics, ProcessView
 from .poll_loop import tick_failed
 from .processor import Processor
 from .redis_url import connect
@@ -111,7 +111,8 @@ class Launcher:
         self.breaker = Breaker(c.breaker_threshold, c.breaker_cooldown, mono=self.clock.mono)
         self.limiter = Limiter(c.concurrency)
         self.job_metrics = JobMetrics.for_version(c.sidekiq_version, self.keys)  # None on 6.x
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.redis, self.keys, self.queue_names, self.health, self._process_view(),
+                               self.job_metrics)
         self.planner = BatchPlanner(c.total_concurrency, self.sidecar.offer)
         self.hooks = Hooks(self.broker, self.sidecar, self.clock, c.dead_max_jobs, c.dead_timeout, self.metrics)
         self.processor = Processor(self.broker, self.sidecar, self.breaker, self.clock,
@@ -134,12 +135,14 @@ class Launcher:
                               dead_max_jobs=c.dead_max_jobs, dead_timeout=c.dead_timeout,
                               held=lambda: held_jobs(self.manager, self.fetcher, self.broker),
                               stopping=lambda: self.stopping, metrics=self.metrics)
+        self.recoverer = recoverer
         heartbeat = Heartbeat(self.redis, self.keys, self.identity, self.health,
                               process_info(c, self.started_at, self.queue_names, self.identity),
                               interval=c.heartbeat_interval, ttl=c.process_ttl,
                               busy=lambda: list(self.manager.busy.values()), quiet=self.is_quiet,
                               on_signal=self.handle_signal_name, metrics=self.metrics, job_metrics=self.job_metrics)
-        for comp in (HttpServer(self), heartbeat, scheduler, recoverer, self.hooks, lifecycle):
+        http = HttpServer(c.http_host, c.http_port, lambda: self.ready, self.dead_loops, self.metrics)
+        for comp in (http, heartbeat, scheduler, recoverer, self.hooks, lifecycle):
             await comp.start()
             self.components.append(comp)
         loop = asyncio.get_running_loop()
@@ -156,6 +159,18 @@ class Launcher:
                  sidecar_pipeline=self.sidecar.offer.pipeline, batch_size=self.planner.size,
                  sidecar_connections=self.sidecar.connections(), core=core.IMPLEMENTATION,
                  loop=type(loop).__module__, frozen_objects=gc.get_freeze_count())
+
+    def _process_view(self) -> ProcessView:
+        """What /metrics reads of this process; the manager, fetcher and recoverer come after
+        Metrics (the processor counts into it), hence callables."""
+        return ProcessView(self.identity, self.started_at,
+                           in_flight=lambda: len(self.manager.busy),
+                           capacity=lambda: self.limiter.capacity,
+                           breaker=lambda: self.breaker,
+                           fetched=lambda: self.fetcher.fetched,
+                           quiet=lambda: self.quiet or self.stopping,
+                           ready=lambda: self.ready,
+                           recovered=lambda: (self.recoverer.recovered, self.recoverer.killed))
 
     def is_quiet(self) -> bool:
         """Quiet (TSTP, the Web UI's Quiet) or stopping: no new work is fetched."""
@@ -345,9 +360,8 @@ class Launcher:
         await self.sidecar.cancel([w.env.jid for w in works], grace=0.5, timeout=1.0)
         # the oldest job ends next in line
         await self.broker.bulk_requeue([(w.queue, w.env.raw) for w in reversed(works)])
-        if self.metrics is not None and hasattr(self.metrics, "requeued"):
-            for _ in works:
-                self.metrics.requeued("sidecar_hung")
+        for _ in works:
+            self.metrics.requeued("sidecar_hung")
         tasks = list({id(w.task): w.task for w in works if w.task is not None}.values())
         for t in tasks:
             t.cancel()

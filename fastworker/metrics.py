@@ -24,7 +24,8 @@ import asyncio
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from . import __version__, core
-from .broker import REDIS_ERRORS
+from .broker import REDIS_ERRORS, RedisHealth
+from .keys import Keys
 from .log import log
 
 # yabeda-sidekiq's LONG_RUNNING_JOB_RUNTIME_BUCKETS: Prometheus' defaults, then long-running jobs
@@ -139,10 +141,32 @@ def queue_latency(raw: bytes | None, now: float) -> float:
     return max(0.0, now - enqueued)
 
 
+@dataclass(slots=True)
+class ProcessView:
+    """What /metrics says of this process itself, read at each scrape. The launcher wires it with
+    callables: the parts they read (manager, fetcher, recoverer) are built after the processor
+    that counts into Metrics. The defaults are a process with nothing running (tests)."""
+
+    identity: str
+    started_at: float
+    in_flight: Callable[[], int] = lambda: 0
+    capacity: Callable[[], int | None] = lambda: None
+    breaker: Callable[[], Any] = lambda: None  # the Breaker (state, transitions), or None
+    fetched: Callable[[], int | None] = lambda: None
+    quiet: Callable[[], bool] = lambda: False  # quiet (TSTP) or stopping
+    ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
+    recovered: Callable[[], tuple[int, int]] = lambda: (0, 0)  # jobs requeued, poison pills killed
+
+
 class Metrics:
-    def __init__(self, launcher: Any) -> None:
-        self.launcher = launcher
-        self.job_metrics = getattr(launcher, "job_metrics", None)
+    def __init__(self, redis: Any, keys: Keys, queue_names: Sequence[str], health: RedisHealth,
+                 process: ProcessView, job_metrics: Any = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.queue_names = list(queue_names)
+        self.health = health
+        self.process = process
+        self.job_metrics = job_metrics
         self.registry = CollectorRegistry(auto_describe=False)
         self._series: dict[tuple[str, str], _JobSeries] = {}
         self._sidecar: dict[str, _Histogram] = {}
@@ -248,10 +272,10 @@ class Metrics:
         try:
             self.queue_stats = await self.read_queue_stats()
             self.queue_stats_refreshes += 1
-            self.launcher.health.succeeded()
+            self.health.succeeded()
         except REDIS_ERRORS as exc:
             self.queue_stats_errors += 1
-            self.launcher.health.failed("metrics", exc)
+            self.health.failed("metrics", exc)
         except Exception as exc:  # noqa: BLE001 - a scrape must never take the worker down
             self.queue_stats_errors += 1
             log.error("metrics_refresh_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
@@ -259,9 +283,8 @@ class Metrics:
             self._refreshing = None
 
     async def read_queue_stats(self) -> QueueStats:
-        L = self.launcher
-        k = L.keys
-        r = L.redis
+        k = self.keys
+        r = self.redis
         async with r.pipeline(transaction=False) as p:
             p.smembers(k.queues)
             p.smembers(k.processes)
@@ -269,7 +292,7 @@ class Metrics:
             p.zcard(k.retry)
             p.zcard(k.dead)
             queues_raw, procs_raw, scheduled, retry, dead = await p.execute()
-        names = sorted({q.decode("utf-8", "replace") for q in queues_raw} | set(L.queue_names))
+        names = sorted({q.decode("utf-8", "replace") for q in queues_raw} | set(self.queue_names))
         procs = sorted(m.decode("utf-8", "replace") for m in procs_raw)
         async with r.pipeline(transaction=False) as p:
             for q in names:
@@ -360,11 +383,7 @@ class _Collector:
         yield req
         yield CounterMetricFamily("fastworker_jobs_dead", "Jobs this process moved to the dead set.",
                                   value=m._dead)
-        recovered, poison = 0, 0
-        for comp in getattr(m.launcher, "components", ()):
-            if type(comp).__name__ == "Recoverer":  # keeps its own counts; read them, no call needed
-                recovered += _int(getattr(comp, "recovered", 0))
-                poison += _int(getattr(comp, "killed", 0))
+        recovered, poison = m.process.recovered()  # the recoverer keeps its own counts
         yield CounterMetricFamily("fastworker_jobs_recovered", "Jobs requeued from dead processes' "
                                   "in-progress lists.", value=recovered)
         yield CounterMetricFamily("fastworker_jobs_poison_pill", "Jobs sent to the dead set for having been "
@@ -401,19 +420,17 @@ class _Collector:
 
     @staticmethod
     def _process(m: Metrics) -> Iterator[Metric]:
-        L = m.launcher
-        manager = getattr(L, "manager", None)
-        limiter = getattr(L, "limiter", None)
-        breaker = getattr(L, "breaker", None)
-        fetcher = getattr(L, "fetcher", None)
+        view = m.process
         info = GaugeMetricFamily("fastworker_info", "This process.", labels=["version", "identity"])
-        info.add_metric([__version__, L.identity], 1)
+        info.add_metric([__version__, view.identity], 1)
         yield info
         yield GaugeMetricFamily("fastworker_jobs_in_flight", "Jobs this process is running now.",
-                                value=len(manager.busy) if manager is not None else 0)
-        if limiter is not None:
+                                value=view.in_flight())
+        capacity = view.capacity()
+        if capacity is not None:
             yield GaugeMetricFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
-                                    value=limiter.capacity)
+                                    value=capacity)
+        breaker = view.breaker()
         if breaker is not None:
             state = GaugeMetricFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
                                       labels=["state"])
@@ -424,19 +441,20 @@ class _Collector:
                 trans.add_metric([s], breaker.transitions.get(s, 0))
             yield state
             yield trans
-        health = L.health
+        health = m.health
         yield GaugeMetricFamily("fastworker_redis_up", "1 while Redis answers.", value=1 if health.ok else 0)
         yield CounterMetricFamily("fastworker_redis_errors", "Failed Redis operations.", value=health.errors)
-        if fetcher is not None:
-            yield CounterMetricFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=fetcher.fetched)
+        fetched = view.fetched()
+        if fetched is not None:
+            yield CounterMetricFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=fetched)
         yield GaugeMetricFamily("fastworker_quiet", "1 once quiet (TSTP) or stopping.",
-                                value=1 if (L.quiet or L.stopping) else 0)
-        ready, _ = L.ready
+                                value=1 if view.quiet() else 0)
+        ready, _ = view.ready()
         yield GaugeMetricFamily("fastworker_ready", "1 while /readyz answers 200.", value=1 if ready else 0)
         yield CounterMetricFamily("fastworker_queue_stats_refreshes", "Reads of the queue-wide numbers "
                                   "from Redis (at most one a second).", value=m.queue_stats_refreshes)
         yield CounterMetricFamily("fastworker_queue_stats_errors", "Failed reads of the queue-wide numbers.",
                                   value=m.queue_stats_errors)
         yield GaugeMetricFamily("fastworker_start_time_seconds", "When this process started (epoch s).",
-                                value=L.started_at)
+                                value=view.started_at)
 

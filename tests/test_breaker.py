@@ -310,7 +310,7 @@ async def test_healthz_names_any_background_loop_that_died():
     fake.is_quiet = lambda: Launcher.is_quiet(fake)  # type: ignore[arg-type]
     fake.loops = lambda: Launcher.loops(fake)  # type: ignore[arg-type]
     fake.dead_loops = lambda: Launcher.dead_loops(fake)  # type: ignore[arg-type]
-    server = HttpServer(SimpleNamespace(config=SimpleNamespace(http_host="127.0.0.1", http_port=0), dead_loops=fake.dead_loops))
+    server = HttpServer("127.0.0.1", 0, lambda: (True, "ok"), fake.dead_loops)
     status, _, body = await server.healthz()
     assert status == 503
     assert orjson.loads(body)["loops"] == [{"loop": "simplenamespace", "error": "RuntimeError('a bug in the loop')"}]

@@ -248,14 +248,11 @@ async def test_concurrent_refreshes_share_one_redis_read(redis_url):
 
     from fastworker.broker import RedisHealth
     from fastworker.keys import Keys
-    from fastworker.metrics import Metrics
+    from fastworker.metrics import Metrics, ProcessView
 
     client = aioredis.Redis.from_url(redis_url)
     await client.lpush("queue:default", b'{"class":"A","args":[],"enqueued_at":1700000000.5}')
-    launcher = types.SimpleNamespace(keys=Keys(), redis=client, queue_names=["default"], health=RedisHealth(),
-                                     identity="host:1:abc", quiet=False, stopping=False, started_at=0.0,
-                                     ready=(True, "ok"))
-    m = Metrics(launcher)
+    m = Metrics(client, Keys(), ["default"], RedisHealth(), ProcessView("host:1:abc", 0.0))
     reads = 0
     real = m.read_queue_stats
 
