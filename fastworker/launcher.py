@@ -89,6 +89,7 @@ class Launcher:
         self._next_hang_probe = 0.0  # monotonic time of the next hung-sidecar probe (_breaker_probe_tick)
         self._deadline: float | None = None
         self.components: list[Any] = []  # the loops beside the job path: http, heartbeat, scheduler, recoverer
+        self.fetch_task: asyncio.Task[Any] | None = None  # /healthz may ask before start() has made it
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -266,7 +267,8 @@ class Launcher:
             if sp is not None:
                 sp()
         # the fetch loop finishes its round trip and puts back what it holds
-        await self._wait_task(self.fetch_task)
+        if self.fetch_task is not None:
+            await self._wait_task(self.fetch_task)
         while self.manager.busy:
             if await self.manager.drain(min(self._deadline, self.clock.mono() + 0.5)):
                 break

@@ -318,3 +318,16 @@ async def test_healthz_names_any_background_loop_that_died():
     assert (await server.healthz())[0] == 200
     for t in (alive, fetch):
         t.cancel()
+
+
+async def test_healthz_answers_while_the_launcher_is_still_starting():
+    """The HTTP server starts before the fetch loop exists (the other loops start after it, and
+    the sidecar's :startup is awaited): a probe in that window got its connection closed with no
+    answer (an AttributeError in the handler), and a kubelet would count it a failure."""
+    from fastworker.config import Config
+    from fastworker.http_server import HttpServer
+    from fastworker.launcher import Launcher
+
+    launcher = Launcher(Config(queues=[("default", 0)]))
+    server = HttpServer("127.0.0.1", 0, lambda: (True, "ok"), launcher.dead_loops)
+    assert (await server.healthz())[0] == 200
