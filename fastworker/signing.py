@@ -63,7 +63,10 @@ def load_secret(env: Mapping[str, str]) -> bytes | None:
 
 
 def canonical(method: str, path: str, timestamp: str, nonce: str, idempotency: str) -> bytes:
-    """Everything signed before the body: one field per line, the body follows the last newline."""
+    """Everything signed before the body: one field per line, the body follows the last newline.
+    The idempotency key is signed as HTTP delivers a header value: without surrounding spaces and
+    tabs (RFC 9110's optional whitespace), which the server's parser drops."""
+    idempotency = idempotency.strip(" \t")
     return f"fastworker-{SCHEME}\n{method}\n{path}\n{timestamp}\n{nonce}\n{idempotency}\n".encode()
 
 

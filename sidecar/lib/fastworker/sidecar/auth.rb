@@ -69,8 +69,11 @@ module Fastworker
         false # a name that may resolve anywhere, or a wildcard such as 0.0.0.0
       end
 
+      # The idempotency key as HTTP delivers a header value, whatever the server: without the
+      # surrounding spaces and tabs (optional whitespace) Puma drops and the worker may have sent.
       def self.canonical(method, path, timestamp, nonce, idempotency)
-        "fastworker-#{SCHEME}\n#{method}\n#{path}\n#{timestamp}\n#{nonce}\n#{idempotency}\n"
+        key = idempotency.to_s.gsub(/\A[ \t]+|[ \t]+\z/, "")
+        "fastworker-#{SCHEME}\n#{method}\n#{path}\n#{timestamp}\n#{nonce}\n#{key}\n"
       end
 
       attr_reader :window
