@@ -19,7 +19,7 @@ say() { echo "compose-test: $*" >&2; }
 fail_line() { echo "compose: 0 enqueued, 0 done, 0 lost, 0 duplicated, 0 faults (FAILED: $*)"; exit 1; }
 
 need=()
-command -v docker >/dev/null || need+=(docker.io)
+command -v dockerd >/dev/null || need+=(docker.io)  # the engine: a docker client alone (some images ship one) is not enough
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ ${#need[@]} -gt 0 ]; then
