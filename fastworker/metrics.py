@@ -145,17 +145,17 @@ def queue_latency(raw: bytes | None, now: float) -> float:
 class ProcessView:
     """What /metrics says of this process itself, read at each scrape. The launcher wires it with
     callables: the parts they read (manager, fetcher, recoverer) are built after the processor
-    that counts into Metrics. The defaults are a process with nothing running (tests)."""
+    that counts into Metrics."""
 
     identity: str
     started_at: float
-    in_flight: Callable[[], int] = lambda: 0
-    capacity: Callable[[], int | None] = lambda: None
-    breaker: Callable[[], Any] = lambda: None  # the Breaker (state, transitions), or None
-    fetched: Callable[[], int | None] = lambda: None
-    quiet: Callable[[], bool] = lambda: False  # quiet (TSTP) or stopping
-    ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
-    recovered: Callable[[], tuple[int, int]] = lambda: (0, 0)  # jobs requeued, poison pills killed
+    in_flight: Callable[[], int]
+    capacity: Callable[[], int]
+    breaker: Callable[[], Any]  # the Breaker (state, transitions)
+    fetched: Callable[[], int]
+    quiet: Callable[[], bool]  # quiet (TSTP) or stopping
+    ready: Callable[[], tuple[bool, str]]
+    recovered: Callable[[], tuple[int, int]]  # jobs requeued, poison pills killed
 
 
 class Metrics:
@@ -426,27 +426,22 @@ class _Collector:
         yield info
         yield GaugeMetricFamily("fastworker_jobs_in_flight", "Jobs this process is running now.",
                                 value=view.in_flight())
-        capacity = view.capacity()
-        if capacity is not None:
-            yield GaugeMetricFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
-                                    value=capacity)
+        yield GaugeMetricFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
+                                value=view.capacity())
         breaker = view.breaker()
-        if breaker is not None:
-            state = GaugeMetricFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
-                                      labels=["state"])
-            trans = CounterMetricFamily("fastworker_breaker_transitions", "Circuit breaker transitions "
-                                        "into each state.", labels=["state"])
-            for s in ("closed", "open", "half_open"):
-                state.add_metric([s], 1 if breaker.state == s else 0)
-                trans.add_metric([s], breaker.transitions.get(s, 0))
-            yield state
-            yield trans
+        state = GaugeMetricFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
+                                  labels=["state"])
+        trans = CounterMetricFamily("fastworker_breaker_transitions", "Circuit breaker transitions "
+                                    "into each state.", labels=["state"])
+        for s in ("closed", "open", "half_open"):
+            state.add_metric([s], 1 if breaker.state == s else 0)
+            trans.add_metric([s], breaker.transitions.get(s, 0))
+        yield state
+        yield trans
         health = m.health
         yield GaugeMetricFamily("fastworker_redis_up", "1 while Redis answers.", value=1 if health.ok else 0)
         yield CounterMetricFamily("fastworker_redis_errors", "Failed Redis operations.", value=health.errors)
-        fetched = view.fetched()
-        if fetched is not None:
-            yield CounterMetricFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=fetched)
+        yield CounterMetricFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=view.fetched())
         yield GaugeMetricFamily("fastworker_quiet", "1 once quiet (TSTP) or stopping.",
                                 value=1 if view.quiet() else 0)
         ready, _ = view.ready()

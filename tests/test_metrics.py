@@ -246,13 +246,17 @@ async def test_concurrent_refreshes_share_one_redis_read(redis_url):
     """In-process: twenty scrapes arriving together cause one read; the next second, one more."""
     import redis.asyncio as aioredis
 
+    from fastworker.breaker import Breaker
     from fastworker.broker import RedisHealth
     from fastworker.keys import Keys
     from fastworker.metrics import Metrics, ProcessView
 
     client = aioredis.Redis.from_url(redis_url)
     await client.lpush("queue:default", b'{"class":"A","args":[],"enqueued_at":1700000000.5}')
-    m = Metrics(client, Keys(), ["default"], RedisHealth(), ProcessView("host:1:abc", 0.0))
+    breaker = Breaker()
+    idle = ProcessView("host:1:abc", 0.0, in_flight=lambda: 0, capacity=lambda: 1, breaker=lambda: breaker,
+                       fetched=lambda: 0, quiet=lambda: False, ready=lambda: (True, "ok"), recovered=lambda: (0, 0))
+    m = Metrics(client, Keys(), ["default"], RedisHealth(), idle)
     reads = 0
     real = m.read_queue_stats
 

@@ -71,8 +71,12 @@ module Fastworker
 
       # The idempotency key as HTTP delivers a header value, whatever the server: without the
       # surrounding spaces and tabs (optional whitespace) Puma drops and the worker may have sent.
+      # Checked first: a jid never has them, and this runs on every request.
+      OWS = /\A[ \t]+|[ \t]+\z/
+
       def self.canonical(method, path, timestamp, nonce, idempotency)
-        key = idempotency.to_s.gsub(/\A[ \t]+|[ \t]+\z/, "")
+        key = idempotency.to_s
+        key = key.gsub(OWS, "") if key.start_with?(" ", "\t") || key.end_with?(" ", "\t")
         "fastworker-#{SCHEME}\n#{method}\n#{path}\n#{timestamp}\n#{nonce}\n#{key}\n"
       end
 
