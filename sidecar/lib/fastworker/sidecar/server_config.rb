@@ -81,9 +81,13 @@ module Fastworker
         ::Sidekiq.singleton_class.prepend(RedisGiven) unless modern? || ::Sidekiq.singleton_class.include?(RedisGiven)
       end
 
+      def redis_given=(hash)
+        @redis_given = hash
+      end
+
       module RedisGiven
         def redis=(hash)
-          ServerConfig.instance_variable_set(:@redis_given, hash)
+          ServerConfig.redis_given = hash
           super
         end
       end
