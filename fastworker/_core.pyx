@@ -31,10 +31,15 @@ cdef extern from "Python.h":
 from orjson import JSONDecodeError as _JSONDecodeError
 from orjson import loads as _orjson_loads
 
-# One exception class for both twins, so `except core.PayloadError` always works; the
-# error-message builders are shared for the same reason.
-from ._core_py import PayloadError, _coerce_raw, _field_error, _not_an_object
-from ._core_py import retry_delay as _py_retry_delay, retry_jitter as _py_retry_jitter
+# One exception class for both twins, so `except core.PayloadError` always works.
+from .errors import PayloadError
+
+
+cdef object _twin():
+    """The twin, for its error-message builders and the paths off C integers: imported on first
+    use only, since importing it costs the worker about 1 MB of memory (issue 9's PSS goal)."""
+    from . import _core_py
+    return _core_py
 
 __all__ = (
     "IMPLEMENTATION",
@@ -187,13 +192,13 @@ cpdef Envelope decode_envelope(object raw):
     cdef int i
 
     if not PyBytes_CheckExact(raw):
-        raw = _coerce_raw(raw)
+        raw = _twin()._coerce_raw(raw)
     try:
         parsed = _loads(raw)
     except _JSONDecodeError as exc:
         raise PayloadError(f"invalid JSON: {exc}") from exc
     if not PyDict_CheckExact(parsed):
-        raise _not_an_object(parsed)
+        raise _twin()._not_an_object(parsed)
     job = <dict>parsed
 
     # One pass over the payload's keys instead of one hash lookup per field: a typical job
@@ -210,15 +215,15 @@ cpdef Envelope decode_envelope(object raw):
     # rule out bool where an int is wanted.
     klass = <object>slots[S_CLASS]
     if not _is_text(klass):
-        raise _field_error(job, "class", "missing or invalid 'class'")
+        raise _twin()._field_error(job, "class", "missing or invalid 'class'")
     args = <object>slots[S_ARGS]
     if not PyList_CheckExact(args):
-        raise _field_error(job, "args", "'args' must be an array")
+        raise _twin()._field_error(job, "args", "'args' must be an array")
     jid = <object>slots[S_JID]
     if jid is None:
         jid = ""
     elif not PyUnicode_CheckExact(jid):
-        raise _field_error(job, "jid", "'jid' must be a string")
+        raise _twin()._field_error(job, "jid", "'jid' must be a string")
     retry_count = <object>slots[S_RETRY_COUNT]
     if retry_count is not None and not PyLong_CheckExact(retry_count):
         # orjson never yields inf or nan; isfinite keeps this equal to float.is_integer().
@@ -226,7 +231,7 @@ cpdef Envelope decode_envelope(object raw):
                 and floor(PyFloat_AS_DOUBLE(retry_count)) == PyFloat_AS_DOUBLE(retry_count):
             retry_count = int(retry_count)
         else:
-            raise _field_error(job, "retry_count", "'retry_count' must be an integer")
+            raise _twin()._field_error(job, "retry_count", "'retry_count' must be an integer")
 
     env = Envelope.__new__(Envelope)
     env.raw = <bytes>raw
@@ -293,7 +298,7 @@ def retry_delay(count, jitter):
             if overflow == 0 and 0 <= j <= _DELAY_FAST_JITTER:
                 return c * c * c * c + 15 + j
     # past C integers, validation and exact Python ints: the twin's code is the spec
-    return _py_retry_delay(count, jitter)
+    return _twin().retry_delay(count, jitter)
 
 
 def retry_jitter(count, r, sidekiq8):
@@ -312,7 +317,7 @@ def retry_jitter(count, r, sidekiq8):
             j = <long long>(x * 10.0)
             return (j if j < 10 else 9) * (c + 1)
     # anything off the fast path (huge counts, int r, bad input): the twin's code is the spec
-    return _py_retry_jitter(count, r, sidekiq8)
+    return _twin().retry_jitter(count, r, sidekiq8)
 
 
 cdef long long _nonneg(object value, str name) except -2:

@@ -22,6 +22,8 @@ from typing import Any, SupportsIndex
 from orjson import JSONDecodeError
 from orjson import loads as _loads
 
+from .errors import PayloadError
+
 __all__ = (
     "IMPLEMENTATION",
     "Envelope",
@@ -38,17 +40,6 @@ IMPLEMENTATION = "py"
 
 # Largest capacity a TokenPool accepts: the compiled twin counts in a C long long.
 _MAX_CAPACITY = 2**63 - 1
-
-
-class PayloadError(ValueError):
-    """A job payload the worker cannot run: bad JSON, not an object, or a required field
-    missing or of the wrong type. The message names the reason. Sidekiq sends such jobs
-    straight to the dead set; they are never retried.
-
-    ``fastworker._core`` re-exports this very class, so ``except core.PayloadError`` works
-    whichever implementation is active.
-    """
-
 
 _JSON_KINDS = {
     type(None): "null",

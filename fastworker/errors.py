@@ -17,3 +17,14 @@ class SidecarUnavailable(FastworkerError):
         # the sidecar had started the job and stopped it with Sidekiq::Shutdown (its drain, a
         # cancel): Sidekiq's stats count such a job processed and failed
         self.interrupted = interrupted
+
+
+class PayloadError(ValueError):
+    """A job payload the worker cannot run: bad JSON, not an object, or a required field
+    missing or of the wrong type. The message names the reason. Sidekiq sends such jobs
+    straight to the dead set; they are never retried.
+
+    Both cores raise this very class (it lives here, not in either twin, so the compiled core
+    need not import the pure-Python one), so ``except core.PayloadError`` works whichever
+    implementation is active.
+    """

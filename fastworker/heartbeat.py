@@ -37,6 +37,7 @@ from . import __version__
 from .broker import REDIS_ERRORS, RedisHealth
 from .capsules import queue_mode
 from .clock import wait_event
+from .exposition import CounterFamily, Family, GaugeFamily
 from .keys import Keys
 from .log import log
 
@@ -265,11 +266,10 @@ class Heartbeat:
             jm.restore(rows)
             log.warn("job_metrics_flush_failed", error_class=type(exc).__name__, error_message=str(exc)[:300])
 
-    def _metrics(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        yield CounterMetricFamily("fastworker_heartbeats", "Heartbeats written to Redis.", value=self.beats)
+    def _metrics(self) -> Iterator[Family]:
+        yield CounterFamily("fastworker_heartbeats", "Heartbeats written to Redis.", value=self.beats)
         if self.last_beat is not None:
-            yield GaugeMetricFamily("fastworker_heartbeat_timestamp_seconds", "When the last heartbeat landed "
+            yield GaugeFamily("fastworker_heartbeat_timestamp_seconds", "When the last heartbeat landed "
                                     "(epoch s).", value=self.last_beat)
-            yield GaugeMetricFamily("fastworker_redis_rtt_seconds", "Redis PING round trip at the last heartbeat.",
+            yield GaugeFamily("fastworker_redis_rtt_seconds", "Redis PING round trip at the last heartbeat.",
                                     value=self.last_rtt_us / 1e6)

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
-from prometheus_client.core import GaugeMetricFamily, Metric
 
+from .exposition import Family, GaugeFamily
 from .log import log
 
 TICK = 0.5
@@ -177,9 +177,9 @@ class HttpServer:
             if self.loop_lag > self.max_loop_lag:
                 self.max_loop_lag = self.loop_lag
 
-    def _lag_metrics(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("fastworker_event_loop_lag_seconds",
+    def _lag_metrics(self) -> Iterator[Family]:
+        yield GaugeFamily("fastworker_event_loop_lag_seconds",
                                 "How late the last 0.5 s timer fired (event loop responsiveness).",
                                 value=self.loop_lag)
-        yield GaugeMetricFamily("fastworker_event_loop_lag_max_seconds", "Largest event loop lag seen.",
+        yield GaugeFamily("fastworker_event_loop_lag_max_seconds", "Largest event loop lag seen.",
                                 value=self.max_loop_lag)

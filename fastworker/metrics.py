@@ -29,19 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from . import __version__, core
 from .broker import REDIS_ERRORS, RedisHealth
+from .exposition import CounterFamily, Family, GaugeFamily, HistogramFamily, ProcessStats, go_float, render
 from .keys import Keys
 from .log import log
 
 # yabeda-sidekiq's LONG_RUNNING_JOB_RUNTIME_BUCKETS: Prometheus' defaults, then long-running jobs
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                               30, 60, 120, 300, 1800, 3600, 21_600)
-_LE = tuple(floatToGoString(b) for b in BUCKETS) + ("+Inf",)
+_LE = tuple(go_float(b) for b in BUCKETS) + ("+Inf",)
 
 QUEUE_STATS_TTL = 1.0  # seconds a Redis snapshot is reused
 QUEUE_STATS_TIMEOUT = 3.0  # a scrape never waits longer than this for Redis; stale data is served
@@ -167,7 +165,6 @@ class Metrics:
         self.health = health
         self.process = process
         self.job_metrics = job_metrics
-        self.registry = CollectorRegistry(auto_describe=False)
         self._series: dict[tuple[str, str], _JobSeries] = {}
         self._sidecar: dict[str, _Histogram] = {}
         # every reason exported from the start (0), so the dashboard's rate() reads 0, not "no data"
@@ -178,12 +175,8 @@ class Metrics:
         self.queue_stats_errors = 0
         self._refresh_started = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
-        self._extra: list[Callable[[], Iterable[Metric]]] = []
-        self.registry.register(_Collector(self))
-        try:
-            ProcessCollector(registry=self.registry)
-        except Exception:  # noqa: BLE001 - no /proc: the process_* series are simply absent
-            pass
+        self._extra: list[Callable[[], Iterable[Family]]] = []
+        self._process_stats = ProcessStats()
 
     # -- hot path (called by the processor) ---------------------------------------------------
 
@@ -245,7 +238,7 @@ class Metrics:
     def dead(self) -> None:
         self._dead += 1
 
-    def add_collector(self, fn: Callable[[], Iterable[Metric]]) -> None:
+    def add_collector(self, fn: Callable[[], Iterable[Family]]) -> None:
         """Another component contributes families at scrape time (the HTTP server's loop lag)."""
         self._extra.append(fn)
 
@@ -328,7 +321,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text format (call ``await refresh()`` first for fresh queue numbers)."""
-        return generate_latest(self.registry)
+        return render([*_Collector(self).collect(), *self._process_stats.families()])
 
 
 class _Collector:
@@ -337,7 +330,7 @@ class _Collector:
     def __init__(self, m: Metrics) -> None:
         self.m = m
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         m = self.m
         yield from self._jobs(m)
         yield from self._queues(m.queue_stats)
@@ -346,15 +339,15 @@ class _Collector:
             yield from fn()
 
     @staticmethod
-    def _jobs(m: Metrics) -> Iterator[Metric]:
+    def _jobs(m: Metrics) -> Iterator[Family]:
         series = list(m._series.values())
         lbl = ["queue", "worker"]
-        executed = CounterMetricFamily("sidekiq_jobs_executed", "Jobs executed (done or failed).", labels=lbl)
-        success = CounterMetricFamily("sidekiq_jobs_success", "Jobs that finished without raising.", labels=lbl)
-        failed = CounterMetricFamily("sidekiq_jobs_failed", "Jobs that raised.", labels=lbl)
-        runtime = HistogramMetricFamily("sidekiq_job_runtime_seconds", "Job execution time (the sidecar call).",
+        executed = CounterFamily("sidekiq_jobs_executed", "Jobs executed (done or failed).", labels=lbl)
+        success = CounterFamily("sidekiq_jobs_success", "Jobs that finished without raising.", labels=lbl)
+        failed = CounterFamily("sidekiq_jobs_failed", "Jobs that raised.", labels=lbl)
+        runtime = HistogramFamily("sidekiq_job_runtime_seconds", "Job execution time (the sidecar call).",
                                         labels=lbl)
-        latency = HistogramMetricFamily("sidekiq_job_latency_seconds",
+        latency = HistogramFamily("sidekiq_job_latency_seconds",
                                         "Time from enqueue (enqueued_at) to the job's start.", labels=lbl)
         for s in series:
             if s.executed:
@@ -366,9 +359,9 @@ class _Collector:
                 latency.add_metric(s.labels, s.latency.cumulative(), s.latency.sum)
         yield from (executed, success, failed, runtime, latency)
 
-        calls = CounterMetricFamily("fastworker_sidecar_calls", "Jobs handed to the sidecar, by outcome "
+        calls = CounterFamily("fastworker_sidecar_calls", "Jobs handed to the sidecar, by outcome "
                                     "(done, failed, unavailable, bad_job).", labels=["outcome"])
-        dur = HistogramMetricFamily("fastworker_sidecar_call_duration_seconds", "Sidecar request time per "
+        dur = HistogramFamily("fastworker_sidecar_call_duration_seconds", "Sidecar request time per "
                                     "job, by outcome (a batch's time is shared by its jobs).",
                                     labels=["outcome"])
         for outcome, h in sorted(m._sidecar.items()):
@@ -376,26 +369,26 @@ class _Collector:
             dur.add_metric([outcome], h.cumulative(), h.sum)
         yield from (calls, dur)
 
-        req = CounterMetricFamily("fastworker_jobs_requeued", "Jobs put back on their queue without "
+        req = CounterFamily("fastworker_jobs_requeued", "Jobs put back on their queue without "
                                   "spending a retry, by reason.", labels=["reason"])
         for reason, n in sorted(m._requeued.items()):
             req.add_metric([reason], n)
         yield req
-        yield CounterMetricFamily("fastworker_jobs_dead", "Jobs this process moved to the dead set.",
+        yield CounterFamily("fastworker_jobs_dead", "Jobs this process moved to the dead set.",
                                   value=m._dead)
         recovered, poison = m.process.recovered()  # the recoverer keeps its own counts
-        yield CounterMetricFamily("fastworker_jobs_recovered", "Jobs requeued from dead processes' "
+        yield CounterFamily("fastworker_jobs_recovered", "Jobs requeued from dead processes' "
                                   "in-progress lists.", value=recovered)
-        yield CounterMetricFamily("fastworker_jobs_poison_pill", "Jobs sent to the dead set for having been "
+        yield CounterFamily("fastworker_jobs_poison_pill", "Jobs sent to the dead set for having been "
                                   "in flight in too many crashed processes.", value=poison)
 
     @staticmethod
-    def _queues(st: QueueStats | None) -> Iterator[Metric]:
+    def _queues(st: QueueStats | None) -> Iterator[Family]:
         if st is None:  # Redis never answered: no numbers rather than made-up zeros
             return
-        waiting = GaugeMetricFamily("sidekiq_jobs_waiting_count", "Jobs waiting in each queue.",
+        waiting = GaugeFamily("sidekiq_jobs_waiting_count", "Jobs waiting in each queue.",
                                     labels=["queue"])
-        latency = GaugeMetricFamily("sidekiq_queue_latency", "Seconds since the oldest job in the queue "
+        latency = GaugeFamily("sidekiq_queue_latency", "Seconds since the oldest job in the queue "
                                     "was enqueued.", labels=["queue"])
         for q in sorted(st.waiting):
             waiting.add_metric([q], st.waiting[q])
@@ -416,22 +409,22 @@ class _Collector:
             ("fastworker_queue_stats_timestamp_seconds", "When the queue-wide numbers were read from Redis.",
              st.taken_at),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            yield GaugeFamily(name, doc, value=value)
 
     @staticmethod
-    def _process(m: Metrics) -> Iterator[Metric]:
+    def _process(m: Metrics) -> Iterator[Family]:
         view = m.process
-        info = GaugeMetricFamily("fastworker_info", "This process.", labels=["version", "identity"])
+        info = GaugeFamily("fastworker_info", "This process.", labels=["version", "identity"])
         info.add_metric([__version__, view.identity], 1)
         yield info
-        yield GaugeMetricFamily("fastworker_jobs_in_flight", "Jobs this process is running now.",
+        yield GaugeFamily("fastworker_jobs_in_flight", "Jobs this process is running now.",
                                 value=view.in_flight())
-        yield GaugeMetricFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
+        yield GaugeFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
                                 value=view.capacity())
         breaker = view.breaker()
-        state = GaugeMetricFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
+        state = GaugeFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
                                   labels=["state"])
-        trans = CounterMetricFamily("fastworker_breaker_transitions", "Circuit breaker transitions "
+        trans = CounterFamily("fastworker_breaker_transitions", "Circuit breaker transitions "
                                     "into each state.", labels=["state"])
         for s in ("closed", "open", "half_open"):
             state.add_metric([s], 1 if breaker.state == s else 0)
@@ -439,17 +432,17 @@ class _Collector:
         yield state
         yield trans
         health = m.health
-        yield GaugeMetricFamily("fastworker_redis_up", "1 while Redis answers.", value=1 if health.ok else 0)
-        yield CounterMetricFamily("fastworker_redis_errors", "Failed Redis operations.", value=health.errors)
-        yield CounterMetricFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=view.fetched())
-        yield GaugeMetricFamily("fastworker_quiet", "1 once quiet (TSTP) or stopping.",
+        yield GaugeFamily("fastworker_redis_up", "1 while Redis answers.", value=1 if health.ok else 0)
+        yield CounterFamily("fastworker_redis_errors", "Failed Redis operations.", value=health.errors)
+        yield CounterFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=view.fetched())
+        yield GaugeFamily("fastworker_quiet", "1 once quiet (TSTP) or stopping.",
                                 value=1 if view.quiet() else 0)
         ready, _ = view.ready()
-        yield GaugeMetricFamily("fastworker_ready", "1 while /readyz answers 200.", value=1 if ready else 0)
-        yield CounterMetricFamily("fastworker_queue_stats_refreshes", "Reads of the queue-wide numbers "
+        yield GaugeFamily("fastworker_ready", "1 while /readyz answers 200.", value=1 if ready else 0)
+        yield CounterFamily("fastworker_queue_stats_refreshes", "Reads of the queue-wide numbers "
                                   "from Redis (at most one a second).", value=m.queue_stats_refreshes)
-        yield CounterMetricFamily("fastworker_queue_stats_errors", "Failed reads of the queue-wide numbers.",
+        yield CounterFamily("fastworker_queue_stats_errors", "Failed reads of the queue-wide numbers.",
                                   value=m.queue_stats_errors)
-        yield GaugeMetricFamily("fastworker_start_time_seconds", "When this process started (epoch s).",
+        yield GaugeFamily("fastworker_start_time_seconds", "When this process started (epoch s).",
                                 value=view.started_at)
 
