@@ -53,6 +53,24 @@ class DoorTest < Minitest::Test
     assert_equal 1, Recorder[:context].size, "the replay ran nothing"
   end
 
+  def test_the_replay_set_keeps_no_object_per_request
+    auth = Fastworker::Sidecar::Auth.new("s" * 40)
+    sign = lambda do |nonce|
+      at = Time.now.to_i.to_s
+      mac = OpenSSL::HMAC.hexdigest("SHA256", "s" * 40, Fastworker::Sidecar::Auth.canonical("POST", "/perform", at, nonce, "") + "")
+      {"HTTP_X_FASTWORKER_TIMESTAMP" => at, "HTTP_X_FASTWORKER_NONCE" => nonce,
+       "HTTP_X_FASTWORKER_SIGNATURE" => "v1=#{mac}", "REQUEST_METHOD" => "POST", "SCRIPT_NAME" => "", "PATH_INFO" => "/perform"}
+    end
+    GC.start
+    before = ObjectSpace.count_objects[:T_STRING]
+    2_000.times { |i| assert_nil auth.check(sign.call(format("nonce-%016d", i)), "") }
+    GC.start
+    # the nonces stay remembered (a replay is refused) but not as strings: kept strings live
+    # long enough to be promoted and cost the process major GCs
+    assert_operator ObjectSpace.count_objects[:T_STRING] - before, :<, 200
+    assert_equal "replayed request", auth.check(sign.call(format("nonce-%016d", 7)), "")
+  end
+
   def test_batch_and_exhausted_are_signed_too
     raw = JSON.generate(job("ContextJob"))
     assert_refused(*raw_post("/perform_batch", raw), /missing signature/)
