@@ -6,7 +6,9 @@ open      -> no new jobs are fetched (they stay in Redis) until ``cooldown`` has
              (or a Retry-After the sidecar sent, whichever is later).
 half_open -> the launcher probes GET /health; when it answers, ``probe_jobs`` real jobs are let
              through one at a time; that many successes close the circuit, one failure re-opens it.
-Job failures (the job raised, 422) are successes here: the sidecar did its work.
+Job failures (the job raised, 422) are successes here: the sidecar did its work. A 503 at
+capacity (every job slot taken, as when several workers share one sidecar) is neither: the sidecar
+is alive, so it counts no failure, but no job ran (``busy``).
 
 Retry-After: a 503 or 429 that carries it opens the circuit at once, for exactly that long (the
 sidecar said when to come back; the cooldown applies when it did not say).
@@ -101,6 +103,13 @@ class Breaker:
             if self.probe_ok >= self.probe_jobs:
                 self.recent.clear()
                 self._set(CLOSED)
+
+    def busy(self) -> None:
+        """The sidecar answered at capacity: alive, so the failure streak ends; a half-open probe
+        did not conclude, and the next job probes again."""
+        self.consecutive = 0
+        if self.state == HALF_OPEN:
+            self.probe_in_flight = max(0, self.probe_in_flight - 1)
 
     def failure(self, reason: str, retry_after: float | None = None) -> None:
         self.consecutive += 1

@@ -39,8 +39,8 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 
 
 class Backoff:
-    """Redis reconnect delays: 50 ms doubling up to ``cap``, each with +-50 % jitter so that many
-    processes that lost Redis together do not come back in step."""
+    """Delays after a refusal (Redis gone, the sidecar at capacity): 50 ms doubling up to ``cap``,
+    each with +-50 % jitter so that many processes refused together do not come back in step."""
 
     __slots__ = ("cap", "_next")
     FIRST = 0.05

@@ -9,7 +9,7 @@ class SidecarUnavailable(FastworkerError):
     """Infrastructure failed (connection refused, timeout, 5xx, 503): requeue, no retry spent."""
 
     def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None,
-                 interrupted: bool = False) -> None:
+                 interrupted: bool = False, busy: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -17,6 +17,9 @@ class SidecarUnavailable(FastworkerError):
         # the sidecar had started the job and stopped it with Sidekiq::Shutdown (its drain, a
         # cancel): Sidekiq's stats count such a job processed and failed
         self.interrupted = interrupted
+        # the sidecar answered 503 at capacity: alive and full (several workers share it), which
+        # is backpressure, not an outage
+        self.busy = busy
 
 
 class PayloadError(ValueError):

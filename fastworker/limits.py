@@ -40,5 +40,5 @@ async def one_by_one(client: Any, raws: list[bytes], jids: list[str]) -> list[An
         try:
             out.append(await client.perform(raw, jid))
         except SidecarUnavailable as exc:
-            out.append(NotAttempted(exc.reason, exc.status, exc.interrupted))
+            out.append(NotAttempted(exc.reason, exc.status, exc.interrupted, exc.busy))
     return out

@@ -48,8 +48,8 @@ MAX_SERIES = 2_000  # (queue, class) pairs tracked; beyond that the class is rep
 # the classic text format every Prometheus (2.x included) and agent reads; our names are all legacy-safe
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # why a job goes back on its queue without spending a retry (the launcher's hang watchdog, the
-# processor's unavailable sidecar): the labels of fastworker_jobs_requeued_total
-REQUEUE_REASONS = ("sidecar_hung", "sidecar_unavailable")
+# processor's unavailable sidecar, a sidecar at capacity): the labels of fastworker_jobs_requeued_total
+REQUEUE_REASONS = ("sidecar_hung", "sidecar_unavailable", "sidecar_busy")
 
 
 class _Histogram:

@@ -70,6 +70,7 @@ class NotAttempted:
     reason: str
     status: int | None = None
     interrupted: bool = False  # stopped by Sidekiq::Shutdown: Sidekiq counts it processed and failed
+    busy: bool = False  # refused at capacity: backpressure from a live sidecar
 
 
 Outcome = Done | Failed | BadJob | NotAttempted

@@ -6,6 +6,9 @@
    - done                      -> ack (batched), processed += 1
    - the job raised (422)      -> Sidekiq's retry policy: retry set, or /exhausted + dead set, or dropped
    - sidecar unavailable       -> back to the head of its queue, no retry spent; the breaker counts it
+   - sidecar at capacity       -> back to the head of its queue, no retry spent; not a failure (the
+                                  sidecar is alive and full: several workers share it), so the token
+                                  waits a growing moment before it is released (backpressure)
    - sidecar says not a job    -> dead set with the reason
 4. ``finally``: the concurrency token is released, whatever happened
 A job abandoned by a hard shutdown has already been requeued: whatever its request returns, the
@@ -20,7 +23,7 @@ from typing import Any
 from . import retry
 from .breaker import Breaker
 from .broker import Broker
-from .clock import Clock
+from .clock import Backoff, Clock
 from .errors import SidecarUnavailable
 from .hooks import Hooks
 from .log import log
@@ -46,6 +49,9 @@ class Work:
         self.lead = False  # the first job of its fast request: the manager counts requests by it
 
 
+BUSY_HOLD_MAX = 1.0  # seconds, at most, a token refused at capacity waits before it is released
+
+
 class Processor:
     def __init__(self, broker: Broker, sidecar: SidecarClient, breaker: Breaker, clock: Clock,
                  policy: retry.Policy, dead_max_jobs: int, dead_timeout: int, planner: BatchPlanner,
@@ -62,6 +68,10 @@ class Processor:
         self.on_finished: Any = None  # set by the manager
         self.planner = planner  # learns runtimes and request overhead from every answer
         self._reports: set[asyncio.Task[None]] = set()  # invalid jobs on their way to the error handlers
+        # how long a token refused at capacity waits: 50 ms doubling to BUSY_HOLD_MAX while the
+        # sidecar stays full, back to 50 ms once a job runs. Without it the refused job comes
+        # straight back (next fetch), and workers sharing a full sidecar spin on 503s.
+        self._busy = Backoff(BUSY_HOLD_MAX)
 
     async def process(self, work: Work) -> None:
         """One job, one POST /perform."""
@@ -76,11 +86,11 @@ class Processor:
                 if self.metrics is not None:
                     self.metrics.sidecar_call("unavailable", self.clock.mono() - t0)
                 if not work.abandoned:
-                    self.breaker.failure(exc.reason, exc.retry_after)
-                    await self._requeue([work], exc)
+                    await self._refused([work], exc)
                 return
             elapsed = self.clock.mono() - t0
             self._measured(elapsed, [(work, result)])
+            self._busy.reset()
             if not work.abandoned:
                 self.breaker.success()
                 await self._outcome(work, result, elapsed)
@@ -103,8 +113,7 @@ class Processor:
                         self.metrics.sidecar_call("unavailable", share)
                 live = [w for w in works if not w.abandoned]
                 if live:
-                    self.breaker.failure(exc.reason, exc.retry_after)
-                    await self._requeue(live, exc)
+                    await self._refused(live, exc)
                 return
             self.breaker.success()
             wall = self.clock.mono() - t0
@@ -120,10 +129,14 @@ class Processor:
                         self.metrics.sidecar_call("unavailable", elapsed)
                 else:
                     await self._outcome(w, result, elapsed)
+            if len(unavailable) < len(works):
+                self._busy.reset()
             for interrupted in (True, False):  # stopped by Sidekiq::Shutdown, or never attempted
                 group = [(w, r) for w, r in unavailable if r.interrupted is interrupted]
                 if group:
                     await self._requeue([w for w, _ in group], group[0][1])
+            if any(r.busy for _, r in unavailable):
+                await self._hold()
         finally:
             if self.on_finished is not None:
                 for w in works:
@@ -172,6 +185,22 @@ class Processor:
                 self.metrics.sidecar_call("bad_job", elapsed)
             await self.kill_bad(work.queue, env.raw, f"sidecar rejected the job: {result}", "Fastworker::PayloadError")
 
+    async def _refused(self, works: list[Work], exc: SidecarUnavailable) -> None:
+        """The request was refused or failed as a whole: the breaker hears of it (an outage
+        counts, a full sidecar does not) and the jobs go back to their queue."""
+        if exc.busy:
+            self.breaker.busy()
+        else:
+            self.breaker.failure(exc.reason, exc.retry_after)
+        await self._requeue(works, exc)
+        if exc.busy:
+            await self._hold()
+
+    async def _hold(self) -> None:
+        """A job was refused at capacity: its token waits before it is released, longer while the
+        sidecar stays full, so workers sharing it settle on what it can take."""
+        await asyncio.sleep(self._busy.delay())
+
     async def _requeue(self, works: list[Work], exc: SidecarUnavailable | NotAttempted) -> None:
         """Infrastructure failed, not the job: back to the head of its queue, no retry spent. Jobs
         the sidecar stopped with Sidekiq::Shutdown count as processed and failed, as Sidekiq's
@@ -183,7 +212,7 @@ class Processor:
             log.warn("job_requeued", jid=w.env.jid, **{"class": w.env.display_class}, queue=w.queue,
                      reason=exc.reason, sidecar_status=exc.status)
             if self.metrics is not None:
-                self.metrics.requeued("sidecar_unavailable")
+                self.metrics.requeued("sidecar_busy" if exc.busy else "sidecar_unavailable")
 
     async def _failed(self, work: Work, failure: Failed) -> None:
         env = work.env

@@ -3,7 +3,8 @@
 Duties:
 1. ``perform(raw, jid)``: POST /perform with the job's original bytes and ``Idempotency-Key``;
    map the answer to Done, Failed (the job raised: spends a retry) or raise SidecarUnavailable
-   (connection error, timeout, 5xx, 503/429: requeue for free).
+   (connection error, timeout, 5xx, 503/429: requeue for free; a 503 at capacity is marked
+   ``busy``, backpressure from a live sidecar).
 2. ``exhausted(job, error, ..., phase)``: POST /exhausted so Ruby runs sidekiq_retries_exhausted
    ("block") or the death handlers ("death"); returns the block's result ("discard" or None).
 3. ``perform_batch(raws, jids)``: several jobs in one POST /perform_batch, one outcome each;
@@ -43,6 +44,10 @@ CANCEL_GRACE = 3.0  # seconds the sidecar waits for a cancelled job's ensure blo
 LIFECYCLE_TIMEOUT = 10.0  # the app's :startup / :shutdown blocks run inside the request
 HOOKS_TIMEOUT = 30.0  # the app's retries_exhausted block or death handlers run inside the request
 CLIENT_PUSH_TIMEOUT = 10.0  # the app's client middleware runs inside the request (500 jobs at most)
+# The sidecar's refusal when every job slot of the process is taken (Drain#admit); the worker
+# backs off instead of counting it against the sidecar (processor.py, "at capacity")
+AT_CAPACITY = "at_capacity"
+BUSY_REASON = "sidecar at capacity"
 
 
 class JobTimedOut(Exception):
@@ -183,8 +188,7 @@ class SidecarClient:
             return failure
         if status in (400, 413):  # 413: over the sidecar's size limit, it can never run there
             return BadJob(_reason(body))
-        raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
-                                 interrupted=status == 503 and _field(body, "status") == "shutdown")
+        raise _unavailable(status, body, headers)
 
     async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Outcome]:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
@@ -202,7 +206,7 @@ class SidecarClient:
             return [exc.failure() for _ in raws]
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
-            raise SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers))
+            raise _unavailable(status, body, headers)
         try:
             items = orjson.loads(body)
             if not isinstance(items, list) or len(items) != len(raws):
@@ -223,6 +227,8 @@ class SidecarClient:
                 out.append(BadJob(str(item.get("error"))))
             elif st == "shutdown" and resp.cut_off:  # the one running at --job-timeout, stopped
                 out.append(JobTimedOut(self.job_timeout).failure())
+            elif item.get("reason") == AT_CAPACITY:
+                out.append(NotAttempted(BUSY_REASON, 503, busy=True))
             else:
                 out.append(NotAttempted(f"not attempted: {item.get('reason') or st}", interrupted=st == "shutdown"))
         return out
@@ -381,6 +387,15 @@ class SidecarClient:
 
 def _positive(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else default
+
+
+def _unavailable(status: int, body: bytes, headers: Any) -> SidecarUnavailable:
+    """A job request's answer that ran nothing: requeue for free. 503 at capacity is ``busy``;
+    503 "shutdown" means the sidecar had started the job and stopped it."""
+    if status == 503 and _field(body, "error") == AT_CAPACITY:
+        return SidecarUnavailable(BUSY_REASON, status, busy=True)
+    return SidecarUnavailable(f"sidecar answered {status}: {_excerpt(body)}", status, _retry_after(headers),
+                              interrupted=status == 503 and _field(body, "status") == "shutdown")
 
 
 def _field(body: bytes, name: str) -> Any:

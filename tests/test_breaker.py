@@ -120,6 +120,27 @@ def test_a_failure_while_half_open_opens_it_again():
     assert not b.cooldown_over()
 
 
+def test_a_sidecar_at_capacity_is_alive_not_failing():
+    """503 at capacity: the failure streak ends, nothing opens, and a half-open probe that was
+    refused leaves the next job free to probe again."""
+    b, mono, changes = breaker(threshold=3, cooldown=1, probe_jobs=1)
+    for _ in range(2):
+        b.failure("refused")
+    for _ in range(10):
+        b.busy()
+    b.failure("refused")
+    assert b.state == CLOSED and changes == []
+    b.trip("hung")
+    mono.t += 2
+    b.half_open()
+    b.started()
+    b.busy()
+    assert b.state == HALF_OPEN and b.allow_fetch()
+    b.started()
+    b.success()
+    assert b.state == CLOSED and changes == [OPEN, HALF_OPEN, CLOSED]
+
+
 def test_trip_opens_whatever_the_counts():
     b, _, _ = breaker(threshold=50)
     b.trip("sidecar hung")

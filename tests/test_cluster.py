@@ -75,3 +75,19 @@ def test_every_puma_worker_reads_the_workers_settings_from_sidekiqs_options(redi
         assert {(s["concurrency"], s["max_retries"], s["timeout"]) for s in seen} == {(6, 7, 9)}
         assert {s["redis_pool_size"] for s in seen} == {6 + 5}, "each Puma worker's 6.4.1 pool follows -c"
         assert w.stop() == 0
+
+
+def test_workers_sharing_a_full_sidecar_back_off_without_opening_the_breaker(redis_url, r, worker, cluster):
+    """Two workers of 10 before one sidecar of 10 slots (compose's `--scale worker=N` before one
+    sidecar): the sidecar answers 503 at capacity to the surplus. That is backpressure from a live
+    sidecar, not an outage: each refused job goes back to its queue, its token waits a moment, and
+    no worker's circuit breaker opens (an open breaker stops fetching and says the sidecar is down)."""
+    ruby_json(redis_url, 'puts 80.times.map { Sidekiq::Client.push("class" => "PidWorker", "args" => ["full", 0.2]) }.to_json')
+    workers = [worker("-c", "10", sidecar_url=cluster.url) for _ in range(2)]
+    wait_until(lambda: int(r.get("stat:processed") or 0) >= 80, 60, what="80 jobs")
+    ran = r.hgetall("full")
+    assert sum(int(n) for n in ran.values()) == 80, ran
+    requeued = [e for w in workers for e in w.events("job_requeued")]
+    assert requeued, "the sidecar was never full: the test did not test anything"
+    assert [e for w in workers for e in w.events("breaker_open")] == []
+    assert {e["reason"] for e in requeued} == {"sidecar at capacity"}, requeued
