@@ -82,8 +82,10 @@ def test_workers_sharing_a_full_sidecar_back_off_without_opening_the_breaker(red
     sidecar): the sidecar answers 503 at capacity to the surplus. That is backpressure from a live
     sidecar, not an outage: each refused job goes back to its queue, its token waits a moment, and
     no worker's circuit breaker opens (an open breaker stops fetching and says the sidecar is down)."""
-    ruby_json(redis_url, 'puts 80.times.map { Sidekiq::Client.push("class" => "PidWorker", "args" => ["full", 0.2]) }.to_json')
     workers = [worker("-c", "10", sidecar_url=cluster.url) for _ in range(2)]
+    # both fetching before the jobs come: one worker alone never overfills the sidecar
+    wait_until(lambda: r.scard("processes") == 2, 30, what="two process records")
+    ruby_json(redis_url, 'puts 80.times.map { Sidekiq::Client.push("class" => "PidWorker", "args" => ["full", 0.2]) }.to_json')
     wait_until(lambda: int(r.get("stat:processed") or 0) >= 80, 60, what="80 jobs")
     ran = r.hgetall("full")
     assert sum(int(n) for n in ran.values()) == 80, ran
