@@ -88,7 +88,11 @@ class Manager:
                 self.fast_in_flight -= 1
                 if work.lead:  # counted before the tokens go back, so the fetch loop wakes to it
                     self.fast_requests -= 1
-            self.limiters.get(work.queue, self.limiter).release()
+            limiter = self.limiters.get(work.queue, self.limiter)
+            if work.hold:  # refused at capacity: the token comes back later (processor.py, backpressure)
+                asyncio.get_running_loop().call_later(work.hold, limiter.release)
+            else:
+                limiter.release()
         if not self.busy and self._idle is not None:
             self._idle.set()
 

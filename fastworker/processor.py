@@ -7,8 +7,9 @@
    - the job raised (422)      -> Sidekiq's retry policy: retry set, or /exhausted + dead set, or dropped
    - sidecar unavailable       -> back to the head of its queue, no retry spent; the breaker counts it
    - sidecar at capacity       -> back to the head of its queue, no retry spent; not a failure (the
-                                  sidecar is alive and full: several workers share it), so the token
-                                  waits a growing moment before it is released (backpressure)
+                                  sidecar is alive and full: several workers share it); the job
+                                  leaves the busy set at once, but its token comes back only after
+                                  a growing moment (backpressure)
    - sidecar says not a job    -> dead set with the reason
 4. ``finally``: the concurrency token is released, whatever happened
 A job abandoned by a hard shutdown has already been requeued: whatever its request returns, the
@@ -35,7 +36,7 @@ from .sidecar_client import SidecarClient
 class Work:
     """One fetched job moving through the stages (Sidekiq's UnitOfWork)."""
 
-    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields", "fast", "lead")
+    __slots__ = ("queue", "env", "tid", "run_at", "task", "abandoned", "log_fields", "fast", "lead", "hold")
 
     def __init__(self, queue: str, env: Any, tid: str, run_at: float) -> None:
         self.queue = queue
@@ -47,6 +48,7 @@ class Work:
         self.log_fields = b""  # its start/done lines' fields, encoded once (log.job_fields)
         self.fast = False  # of a class that shares requests (batching.py)
         self.lead = False  # the first job of its fast request: the manager counts requests by it
+        self.hold = 0.0  # seconds its token waits once it is done (refused at capacity: backpressure)
 
 
 BUSY_HOLD_MAX = 1.0  # seconds, at most, a token refused at capacity waits before it is released
@@ -135,8 +137,9 @@ class Processor:
                 group = [(w, r) for w, r in unavailable if r.interrupted is interrupted]
                 if group:
                     await self._requeue([w for w, _ in group], group[0][1])
-            if any(r.busy for _, r in unavailable):
-                await self._hold()
+            refused = [w for w, r in unavailable if r.busy]
+            if refused:
+                self._hold(refused)
         finally:
             if self.on_finished is not None:
                 for w in works:
@@ -194,12 +197,15 @@ class Processor:
             self.breaker.failure(exc.reason, exc.retry_after)
         await self._requeue(works, exc)
         if exc.busy:
-            await self._hold()
+            self._hold(works)
 
-    async def _hold(self) -> None:
-        """A job was refused at capacity: its token waits before it is released, longer while the
-        sidecar stays full, so workers sharing it settle on what it can take."""
-        await asyncio.sleep(self._busy.delay())
+    def _hold(self, works: list[Work]) -> None:
+        """Jobs refused at capacity: their tokens come back late (the manager waits ``hold``),
+        longer while the sidecar stays full, so workers sharing it settle on what it takes. The
+        jobs themselves are back in their queue: no busy entry shows them meanwhile."""
+        delay = self._busy.delay()
+        for w in works:
+            w.hold = delay
 
     async def _requeue(self, works: list[Work], exc: SidecarUnavailable | NotAttempted) -> None:
         """Infrastructure failed, not the job: back to the head of its queue, no retry spent. Jobs

@@ -352,3 +352,42 @@ async def test_healthz_answers_while_the_launcher_is_still_starting():
     launcher = Launcher(Config(queues=[("default", 0)]))
     server = HttpServer("127.0.0.1", 0, lambda: (True, "ok"), launcher.dead_loops)
     assert (await server.healthz())[0] == 200
+
+
+async def test_a_job_refused_at_capacity_leaves_the_busy_set_at_once_and_its_token_comes_back_later():
+    """The refused job is back in its queue, so no busy entry may show it (the heartbeat would list
+    a job that is not running, perhaps beside the process that took it); only its token waits."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastworker import core
+    from fastworker.batching import BatchPlanner, Offer
+    from fastworker.errors import SidecarUnavailable
+    from fastworker.limiter import Limiter
+    from fastworker.manager import Manager
+    from fastworker.processor import Processor
+
+    class FullSidecar:
+        async def perform(self, raw: bytes, jid: str) -> None:
+            raise SidecarUnavailable("sidecar at capacity", 503, busy=True)
+
+    requeued: list[bytes] = []
+
+    async def bulk_requeue(items):  # noqa: ANN001, ANN202
+        requeued.extend(raw for _, raw in items)
+
+    breaker = Breaker(threshold=1)
+    clock = SimpleNamespace(now=lambda: 0.0, mono=lambda: 0.0)
+    processor = Processor(SimpleNamespace(bulk_requeue=bulk_requeue), FullSidecar(), breaker, clock,  # type: ignore[arg-type]
+                          None, 0, 0, BatchPlanner(1, Offer()), None)  # type: ignore[arg-type]
+    limiter = Limiter(1)
+    manager = Manager(processor, limiter, None, clock)  # type: ignore[arg-type]
+    assert limiter.try_acquire()
+    raw = b'{"class":"HardJob","args":[],"jid":"abc123","queue":"default"}'
+    work = manager.spawn("default", core.decode_envelope(raw))
+    await work.task
+    assert requeued == [raw] and manager.busy == {}
+    assert breaker.state == CLOSED  # threshold 1: one counted failure would have opened it
+    assert 0 < work.hold <= 0.075 and limiter.free == 0  # 50 ms +- 50 %: the token is still out
+    await asyncio.sleep(work.hold + 0.02)
+    assert limiter.free == 1
