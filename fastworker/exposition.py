@@ -12,8 +12,8 @@ as Go prints them.
 Duties:
 1. ``CounterFamily``, ``GaugeFamily``, ``HistogramFamily``: a family and its samples;
 2. ``render``: families to the text format;
-3. ``process_families``: the ``process_*`` series prometheus_client's ProcessCollector exports,
-   from /proc (none where there is no /proc).
+3. ``ProcessStats.families``: the ``process_*`` series prometheus_client's ProcessCollector
+   exports, from /proc (none where there is no /proc).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _escape(value: str) -> str:
 class Family:
     """One metric family: a name, its help text, a type and its samples."""
 
-    __slots__ = ("name", "doc", "type", "labelnames", "samples")
+    __slots__ = ("name", "doc", "labelnames", "samples")
     type_name = "untyped"
 
     def __init__(self, name: str, doc: str, labels: Sequence[str] = ()) -> None:
@@ -95,6 +95,7 @@ class HistogramFamily(Family):
 
 
 def render(families: Iterable[Family]) -> bytes:
+    """HELP escapes backslash and newline only; label values escape the double quote too."""
     out: list[str] = []
     for fam in families:
         doc = fam.doc.replace("\\", r"\\").replace("\n", r"\n")

@@ -270,6 +270,6 @@ class Heartbeat:
         yield CounterFamily("fastworker_heartbeats", "Heartbeats written to Redis.", value=self.beats)
         if self.last_beat is not None:
             yield GaugeFamily("fastworker_heartbeat_timestamp_seconds", "When the last heartbeat landed "
-                                    "(epoch s).", value=self.last_beat)
+                              "(epoch s).", value=self.last_beat)
             yield GaugeFamily("fastworker_redis_rtt_seconds", "Redis PING round trip at the last heartbeat.",
-                                    value=self.last_rtt_us / 1e6)
+                              value=self.last_rtt_us / 1e6)

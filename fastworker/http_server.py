@@ -179,7 +179,7 @@ class HttpServer:
 
     def _lag_metrics(self) -> Iterator[Family]:
         yield GaugeFamily("fastworker_event_loop_lag_seconds",
-                                "How late the last 0.5 s timer fired (event loop responsiveness).",
-                                value=self.loop_lag)
+                          "How late the last 0.5 s timer fired (event loop responsiveness).",
+                          value=self.loop_lag)
         yield GaugeFamily("fastworker_event_loop_lag_max_seconds", "Largest event loop lag seen.",
-                                value=self.max_loop_lag)
+                          value=self.max_loop_lag)

@@ -346,9 +346,9 @@ class _Collector:
         success = CounterFamily("sidekiq_jobs_success", "Jobs that finished without raising.", labels=lbl)
         failed = CounterFamily("sidekiq_jobs_failed", "Jobs that raised.", labels=lbl)
         runtime = HistogramFamily("sidekiq_job_runtime_seconds", "Job execution time (the sidecar call).",
-                                        labels=lbl)
+                                  labels=lbl)
         latency = HistogramFamily("sidekiq_job_latency_seconds",
-                                        "Time from enqueue (enqueued_at) to the job's start.", labels=lbl)
+                                  "Time from enqueue (enqueued_at) to the job's start.", labels=lbl)
         for s in series:
             if s.executed:
                 executed.add_metric(s.labels, s.executed)
@@ -360,36 +360,36 @@ class _Collector:
         yield from (executed, success, failed, runtime, latency)
 
         calls = CounterFamily("fastworker_sidecar_calls", "Jobs handed to the sidecar, by outcome "
-                                    "(done, failed, unavailable, bad_job).", labels=["outcome"])
+                              "(done, failed, unavailable, bad_job).", labels=["outcome"])
         dur = HistogramFamily("fastworker_sidecar_call_duration_seconds", "Sidecar request time per "
-                                    "job, by outcome (a batch's time is shared by its jobs).",
-                                    labels=["outcome"])
+                              "job, by outcome (a batch's time is shared by its jobs).",
+                              labels=["outcome"])
         for outcome, h in sorted(m._sidecar.items()):
             calls.add_metric([outcome], h.count)
             dur.add_metric([outcome], h.cumulative(), h.sum)
         yield from (calls, dur)
 
         req = CounterFamily("fastworker_jobs_requeued", "Jobs put back on their queue without "
-                                  "spending a retry, by reason.", labels=["reason"])
+                            "spending a retry, by reason.", labels=["reason"])
         for reason, n in sorted(m._requeued.items()):
             req.add_metric([reason], n)
         yield req
         yield CounterFamily("fastworker_jobs_dead", "Jobs this process moved to the dead set.",
-                                  value=m._dead)
+                            value=m._dead)
         recovered, poison = m.process.recovered()  # the recoverer keeps its own counts
         yield CounterFamily("fastworker_jobs_recovered", "Jobs requeued from dead processes' "
-                                  "in-progress lists.", value=recovered)
+                            "in-progress lists.", value=recovered)
         yield CounterFamily("fastworker_jobs_poison_pill", "Jobs sent to the dead set for having been "
-                                  "in flight in too many crashed processes.", value=poison)
+                            "in flight in too many crashed processes.", value=poison)
 
     @staticmethod
     def _queues(st: QueueStats | None) -> Iterator[Family]:
         if st is None:  # Redis never answered: no numbers rather than made-up zeros
             return
         waiting = GaugeFamily("sidekiq_jobs_waiting_count", "Jobs waiting in each queue.",
-                                    labels=["queue"])
+                              labels=["queue"])
         latency = GaugeFamily("sidekiq_queue_latency", "Seconds since the oldest job in the queue "
-                                    "was enqueued.", labels=["queue"])
+                              "was enqueued.", labels=["queue"])
         for q in sorted(st.waiting):
             waiting.add_metric([q], st.waiting[q])
             latency.add_metric([q], round(st.latency[q], 6))
@@ -418,14 +418,14 @@ class _Collector:
         info.add_metric([__version__, view.identity], 1)
         yield info
         yield GaugeFamily("fastworker_jobs_in_flight", "Jobs this process is running now.",
-                                value=view.in_flight())
+                          value=view.in_flight())
         yield GaugeFamily("fastworker_concurrency_limit", "Jobs this process runs at once at most.",
-                                value=view.capacity())
+                          value=view.capacity())
         breaker = view.breaker()
         state = GaugeFamily("fastworker_breaker_state", "Sidecar circuit breaker state (1 = current).",
-                                  labels=["state"])
+                            labels=["state"])
         trans = CounterFamily("fastworker_breaker_transitions", "Circuit breaker transitions "
-                                    "into each state.", labels=["state"])
+                              "into each state.", labels=["state"])
         for s in ("closed", "open", "half_open"):
             state.add_metric([s], 1 if breaker.state == s else 0)
             trans.add_metric([s], breaker.transitions.get(s, 0))
@@ -436,13 +436,13 @@ class _Collector:
         yield CounterFamily("fastworker_redis_errors", "Failed Redis operations.", value=health.errors)
         yield CounterFamily("fastworker_jobs_fetched", "Jobs fetched from Redis.", value=view.fetched())
         yield GaugeFamily("fastworker_quiet", "1 once quiet (TSTP) or stopping.",
-                                value=1 if view.quiet() else 0)
+                          value=1 if view.quiet() else 0)
         ready, _ = view.ready()
         yield GaugeFamily("fastworker_ready", "1 while /readyz answers 200.", value=1 if ready else 0)
         yield CounterFamily("fastworker_queue_stats_refreshes", "Reads of the queue-wide numbers "
-                                  "from Redis (at most one a second).", value=m.queue_stats_refreshes)
+                            "from Redis (at most one a second).", value=m.queue_stats_refreshes)
         yield CounterFamily("fastworker_queue_stats_errors", "Failed reads of the queue-wide numbers.",
-                                  value=m.queue_stats_errors)
+                            value=m.queue_stats_errors)
         yield GaugeFamily("fastworker_start_time_seconds", "When this process started (epoch s).",
-                                value=view.started_at)
+                          value=view.started_at)
 
