@@ -6,6 +6,8 @@
 - ``NotAttempted``: a job of a batch the sidecar did not run (draining) or stopped with
   Sidekiq::Shutdown: back to its queue for free, as a whole request the sidecar could not take
   (errors.SidecarUnavailable, which is raised) is.
+
+A batch answers ``Outcomes``: one per job, in order, and how long the sidecar took to run them.
 """
 
 from __future__ import annotations
@@ -74,3 +76,15 @@ class NotAttempted:
 
 
 Outcome = Done | Failed | BadJob | NotAttempted
+
+
+class Outcomes(list):  # type: ignore[type-arg]
+    """A batch's outcomes, one per job in order, and ``ran``: the seconds from its first job's start
+    to its last job's end in the sidecar (None when it did not say). Jobs the sidecar ran at the same
+    time overlap, so their runtimes do not add up to what the request spent running them."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self, items: Any = (), ran: float | None = None) -> None:
+        super().__init__(items)
+        self.ran = ran

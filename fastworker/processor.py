@@ -119,7 +119,7 @@ class Processor:
                 return
             self.breaker.success()
             wall = self.clock.mono() - t0
-            self._measured(wall, list(zip(works, results, strict=True)))
+            self._measured(wall, list(zip(works, results, strict=True)), getattr(results, "ran", None))
             elapsed = wall / len(works)
             unavailable: list[tuple[Work, NotAttempted]] = []
             for w, result in zip(works, results, strict=True):
@@ -156,8 +156,10 @@ class Processor:
             for w in works:
                 self.metrics.job_started(w, now)
 
-    def _measured(self, wall: float, answers: list[tuple[Work, Any]]) -> None:
-        """Teach the planner each class's runtime and what the request cost beyond them."""
+    def _measured(self, wall: float, answers: list[tuple[Work, Any]], ran: float | None = None) -> None:
+        """Teach the planner each class's runtime and what the request cost beyond running its
+        jobs: ``ran`` when the sidecar says how long that took (a batch whose jobs ran at the same
+        time), else the sum of their runtimes."""
         planner = self.planner
         total = 0.0
         for w, result in answers:
@@ -165,7 +167,7 @@ class Processor:
             if ms is not None:
                 planner.observe_runtime(w.env.klass, ms / 1000)
                 total += ms / 1000
-        planner.observe_request(wall, total)
+        planner.observe_request(wall, total if ran is None else ran)
 
     async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:
         env = work.env

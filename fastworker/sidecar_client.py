@@ -36,7 +36,7 @@ from .batching import MAX_BATCH, Offer
 from .errors import SidecarUnavailable
 from .jobjson import dump_job
 from .log import log
-from .outcome import BadJob, Done, Failed, NotAttempted, Outcome
+from .outcome import BadJob, Done, Failed, NotAttempted, Outcomes
 from .sidecar_http import Response, SidecarHTTP, TransportError
 
 _JSON = "application/json"
@@ -69,6 +69,17 @@ def _retry_after(headers: Any) -> float | None:
         return None
     try:
         return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _ran(headers: Any) -> float | None:
+    """x-fastworker-ran-ms, in seconds (None when absent or unreadable)."""
+    value = headers.get("x-fastworker-ran-ms")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value)) / 1000
     except ValueError:
         return None
 
@@ -190,20 +201,20 @@ class SidecarClient:
             return BadJob(_reason(body))
         raise _unavailable(status, body, headers)
 
-    async def perform_batch(self, raws: list[bytes], jids: list[str]) -> list[Outcome]:
+    async def perform_batch(self, raws: list[bytes], jids: list[str]) -> Outcomes:
         """POST /perform_batch: the jobs' original bytes, one per line (compact JSON has no raw
         newline), and ``Idempotency-Keys: jid1,jid2,...`` in the same order; the answer is one result
-        object per job, in order. A job the sidecar did not
-        attempt (draining) or stopped comes back as NotAttempted; a failed request raises
-        SidecarUnavailable."""
+        object per job, in order, and ``x-fastworker-ran-ms`` how long they ran in all (jobs that wait
+        run at the same time there). A job the sidecar did not attempt (draining) or stopped comes
+        back as NotAttempted; a failed request raises SidecarUnavailable."""
         if sum(map(len, raws)) + len(raws) > self.max_body:  # each job fits, together they do not
-            return await limits.one_by_one(self, raws, jids)
+            return Outcomes(await limits.one_by_one(self, raws, jids))
         try:
             resp = await self._post("/perform_batch", b"\n".join(raws),
                                     {"Content-Type": "application/x-ndjson", "Idempotency-Keys": ",".join(jids)},
                                     pipelined=True, jids=jids)
         except JobTimedOut as exc:
-            return [exc.failure() for _ in raws]
+            return Outcomes(exc.failure() for _ in raws)
         status, body, headers = resp.status, resp.body, resp.headers
         if status != 200:
             raise _unavailable(status, body, headers)
@@ -213,7 +224,7 @@ class SidecarClient:
                 raise ValueError("wrong length")
         except ValueError as exc:
             raise SidecarUnavailable(f"unreadable /perform_batch answer: {exc}: {_excerpt(body)}") from exc
-        out: list[Outcome] = []
+        out = Outcomes(ran=_ran(headers))
         for item in items:
             st = item.get("status") if isinstance(item, dict) else None
             if st == "done":

@@ -106,3 +106,28 @@ def test_a_fetch_opens_no_more_requests_than_the_free_lanes(n, in_flight, sizes)
     from fastworker.batching import BatchPlanner, Offer
     planner = BatchPlanner(10, Offer(batch_max=32, processes=1, pipeline=2))
     assert [len(g) for g in planner.split(list(range(n)), in_flight)] == sizes
+
+
+def test_a_batch_whose_jobs_ran_at_the_same_time_teaches_its_overhead_from_how_long_it_ran():
+    """The sidecar runs the batched jobs of a class that waits at the same time, so their runtimes
+    add up to more than the request spent running them; the request's overhead is the round trip
+    minus what the sidecar says it ran (x-fastworker-ran-ms). Summing the runtimes instead would
+    teach an overhead near 0, and the class would stop being batched."""
+    from types import SimpleNamespace
+
+    from fastworker import core
+    from fastworker.batching import BatchPlanner, Offer
+    from fastworker.outcome import Done, Outcomes
+    from fastworker.processor import Processor, Work
+    from fastworker.sidecar_client import _ran
+
+    assert _ran({"x-fastworker-ran-ms": "0.6"}) == 0.0006
+    assert _ran({}) is None and _ran({"x-fastworker-ran-ms": "soon"}) is None
+    planner = BatchPlanner(10, Offer(batch_max=32, processes=1, pipeline=2))
+    processor = Processor(None, None, None, SimpleNamespace(), None, 0, 0, planner, None)  # type: ignore[arg-type]
+    env = core.decode_envelope(b'{"class":"WaitWorker","args":[],"jid":"abc123","queue":"default"}')
+    works = [Work("default", env, str(i), 0.0) for i in range(4)]
+    answers = Outcomes([Done(0.5) for _ in works], ran=0.0006)  # four 0.5 ms jobs at once: 0.6 ms
+    processor._measured(0.002, list(zip(works, answers, strict=True)), answers.ran)
+    assert planner.overhead is not None and abs(planner.overhead - 0.0014) < 1e-9
+    assert planner.batchable("WaitWorker")  # 0.5 ms < 1.4 ms of overhead
