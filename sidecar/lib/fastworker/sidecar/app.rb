@@ -37,6 +37,7 @@ module Fastworker
       BATCH_LIMIT = Limits::MAX_BATCH
 
       PID_HEADER = "x-fastworker-pid"
+      RAN_HEADER = "x-fastworker-ran-ms"
 
       attr_reader :drain, :metrics
 
@@ -56,6 +57,8 @@ module Fastworker
         @metrics = metrics
         @executor = executor
         @exhausted = exhausted
+        @waits = JobWaits.new
+        @threads = JobThreads.new(drain.capacity)
       end
 
       def call(env)
@@ -125,10 +128,13 @@ module Fastworker
       # Several jobs in one request (an extension the worker uses for sub-millisecond job
       # classes, offered through /health "batch": true): the raw jobs one per line, their
       # Idempotency-Keys comma-separated in the same order. Each job runs exactly as a
-      # /perform would (its own admission, logging context, reloader, middleware), one after
-      # the other on this thread; the answer is one result object per job, in order:
-      # {"status":"done"|"failed"|"bad_request"|"unavailable"|"shutdown", ...the /perform body}.
-      # A job not attempted (draining meanwhile) comes back "unavailable" with its reason.
+      # /perform would (its own admission, logging context, reloader, middleware): one after
+      # the other on this thread, or, for jobs of classes that mostly wait (JobWaits), at the
+      # same time on up to `capacity` threads (JobThreads). The answer is one result object
+      # per job, in order: {"status":"done"|"failed"|"bad_request"|"unavailable"|"shutdown",
+      # ...the /perform body}, and x-fastworker-ran-ms says how long the jobs took from the
+      # first start to the last end. A job not attempted (draining meanwhile) comes back
+      # "unavailable" with its reason.
       def perform_batch(env)
         return Result.unavailable(@drain.state) unless @drain.ready?
 
@@ -137,33 +143,82 @@ module Fastworker
         raise Payload::Invalid, "more than #{BATCH_LIMIT} jobs in one batch" if lines.size > BATCH_LIMIT
 
         keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
-        Result.json_text(200, "done", run_batch(lines, keys, env["puma.socket"]))
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        text = run_batch(lines, keys, env["puma.socket"])
+        ran_ms = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000).round(3)
+        Result.json_text(200, "done", text, {RAN_HEADER => ran_ms.to_s})
       end
 
-      # The jobs one after the other; the answer's JSON array is written as they finish, and
-      # each job's outcome and time (from the end of the previous one) go to a Tally folded
-      # into the metrics once.
+      # Each job's outcome and time go to a Tally folded into the metrics once.
       def run_batch(lines, keys, socket)
-        out = +"["
+        jobs = lines.map do |raw|
+          Payload.parse_job(raw)
+        rescue Payload::Invalid => e
+          e
+        end
         tally = Metrics::Tally.new
-        mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        @executor.batch(socket: socket) do |runner|
-          lines.each_with_index do |raw, i|
-            result = begin
-              runner.call(Payload.parse_job(raw), raw, keys[i])
-            rescue Payload::Invalid => e
-              Result.bad_request(e.message)
-            end
-            now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-            tally.add(result.outcome, now - mark)
-            mark = now
-            out << "," unless i.zero?
-            result.write_batch_item(out)
-          end
+        threads = @waits.threads(jobs)
+        results = if threads > 1
+          together(jobs, lines, keys, socket, tally, threads)
+        else
+          one_by_one(jobs, lines, keys, socket, tally)
+        end
+        out = +"["
+        results.each_with_index do |result, i|
+          out << "," unless i.zero?
+          result.write_batch_item(out)
         end
         out << "]"
       ensure
         @metrics.record("perform_batch", tally) if tally
+      end
+
+      # One after the other on this thread; what each job waited teaches JobWaits (when it asks).
+      def one_by_one(jobs, lines, keys, socket, tally)
+        waits = @waits.learning? ? {} : nil
+        mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        results = []
+        @executor.batch(socket: socket) do |runner|
+          jobs.each_with_index do |job, i|
+            cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) if waits
+            result = job.is_a?(Exception) ? Result.bad_request(job.message) : runner.call(job, lines[i], keys[i])
+            now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+            tally.add(result.outcome, now - mark)
+            if waits && result.outcome == "done"
+              cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) - cpu
+              sum = (waits[JobWaits.class_of(job)] ||= [0.0, 0.0, 0])
+              sum[0] += (now - mark) - cpu
+              sum[1] += cpu
+              sum[2] += 1
+            end
+            mark = now
+            results << result
+          end
+        end
+        @waits.learn(waits) if waits
+        results
+      end
+
+      # At the same time, on this thread and threads - 1 helpers; a job stopped by POST /cancel or a closed
+      # connection leaves the jobs not yet started unattempted, as one after the other would.
+      def together(jobs, lines, keys, socket, tally, threads)
+        results = Array.new(jobs.size)
+        times = Array.new(jobs.size, 0.0)
+        left = @threads.each(jobs.size, threads) do |i, round|
+          started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          job = jobs[i]
+          if job.is_a?(Exception)
+            results[i] = Result.bad_request(job.message)
+          else
+            results[i], cancelled = @executor.together_call(job, lines[i], keys[i], socket)
+            round.stop! if cancelled
+          end
+          times[i] = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+        end
+        left.each { |i| results[i] = Result.unavailable(:cancelled, jobs[i].is_a?(Hash) ? jobs[i]["jid"] : nil) }
+        @drain.request_done
+        results.each_with_index { |result, i| tally.add(result.outcome, times[i]) }
+        results
       end
 
       def exhausted(env)

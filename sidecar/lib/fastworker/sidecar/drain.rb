@@ -87,6 +87,14 @@ module Fastworker
         Thread.current.thread_variable_set(CANCELLED, nil)
       end
 
+      # Whether this thread's job was cancelled (a job of a batch run at once: JobThreads), and
+      # clear the mark, so that the next job it takes is admitted.
+      def take_cancelled
+        cancelled = Thread.current.thread_variable_get(CANCELLED)
+        Thread.current.thread_variable_set(CANCELLED, nil) if cancelled
+        cancelled ? true : false
+      end
+
       # Raises Sidekiq::Shutdown in the threads running these jids and waits up to `grace`
       # seconds for them to end. Returns {"stopped" => [...], "running" => [...],
       # "unknown" => [...]}: unknown jids run nowhere in this process (finished, never came,

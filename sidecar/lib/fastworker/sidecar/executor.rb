@@ -22,7 +22,8 @@ module Fastworker
     #    the exception is alive), then Sidekiq's error handlers with Sidekiq's context hash.
     # 6. Admission: take a Drain slot (or answer 503), always give it back, and never let a
     #    late Sidekiq::Shutdown (raised by a hard stop just as the job finished) escape into Puma.
-    # 7. Batches: the same steps per job, one job after the other on one thread (#batch).
+    # 7. Batches: the same steps per job, one job after the other on one thread (#batch), or
+    #    each job on the thread that takes it when a batch runs its jobs at once (#together_call).
     # 8. Cancellation: each admitted job is registered with its jid and its request's socket,
     #    so that POST /cancel and a closed connection (DisconnectWatch) stop it with
     #    Sidekiq::Shutdown; the rest of a cancelled batch is not admitted.
@@ -64,6 +65,16 @@ module Fastworker
         shutdown_deferred { yield ->(job, raw, key) { run_one(job, raw, key, socket) } }
       ensure
         @drain.request_done
+      end
+
+      # One job of a batch run at the same time as others (JobThreads), on whichever thread
+      # takes it: as #call, with a deferral of Sidekiq::Shutdown of its own. Returns the Result
+      # and whether POST /cancel or a closed connection stopped it (then the rest of its batch
+      # is not run); the thread's mark of that is cleared for the next job it takes.
+      def together_call(job, raw, key, socket)
+        result = nil
+        shutdown_deferred { result = run_one(job, raw, key, socket) }
+        [result || Result.shutdown(job["jid"]), @drain.take_cancelled]
       end
 
       private

@@ -57,8 +57,8 @@ module Fastworker
       end
 
       # A body already serialised (a /perform_batch answer).
-      def self.json_text(status, outcome, text)
-        new(status, outcome, nil).tap { |r| r.instance_variable_set(:@text, text) }
+      def self.json_text(status, outcome, text, headers = NO_HEADERS)
+        new(status, outcome, nil, headers).tap { |r| r.instance_variable_set(:@text, text) }
       end
 
       def body

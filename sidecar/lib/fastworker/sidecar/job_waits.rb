@@ -1,0 +1,112 @@
+# frozen_string_literal: true
+
+module Fastworker
+  module Sidecar
+    # JobWaits: which batches run their jobs at the same time (JobThreads) and which run them
+    # one after the other on the request's thread.
+    #
+    # Duties:
+    # 1. Learn, per job class, how long its jobs compute (their thread's CPU time) and how long
+    #    they wait (wall time minus that: a Redis or SQL round trip, a sleep, any blocking
+    #    call). Every LEARN_EVERY-th batch run one after the other teaches it (per class, the
+    #    batch's means, folded into moving averages). Jobs run at the same time also wait for
+    #    the GVL, which says nothing about the job, so they teach nothing.
+    # 2. `threads(jobs)`: more than 1 when the batch holds jobs of classes that wait WAIT_MIN
+    #    or more and at least as long as they compute, TOTAL_MIN or more in all. Such a job
+    #    leaves the GVL free while it waits, so another one computes meanwhile. A job that mostly
+    #    computes gains nothing from other threads: on a busy machine its wall time also holds
+    #    the moments the OS ran another process, which look like waiting but are in proportion
+    #    to its CPU time, hence the second test. Every PROBE-th batch that would run together
+    #    runs one after the other instead, to learn again. A class not yet seen does not wait.
+    # Only this class decides; the Executor runs each job the same way either way.
+    class JobWaits
+      WAIT_MIN = 30e-6 # seconds: below this, handing a job to another thread costs what it saves
+      TOTAL_MIN = 150e-6 # seconds of waiting in one batch, at least
+      PROBE = 32
+      LEARN_EVERY = 4
+      ALPHA = 0.2
+      SPIKE = 4.0 # a batch's mean counts at most this many times the average (a GC pause, a preemption)
+      FLOOR = 50e-6 # the spike limit never falls under SPIKE times this (an average near 0)
+
+      # The class a job is known by: the wrapped ActiveJob class, else the job class.
+      def self.class_of(job)
+        return nil unless job.is_a?(Hash)
+
+        wrapped = job["wrapped"]
+        wrapped.is_a?(String) ? wrapped : job["class"].to_s
+      end
+
+      def initialize
+        @waits = {} # class name => [wait seconds, CPU seconds] per job
+        @waiting = {} # the classes of @waits that wait (worth overlapping), the same values
+        @together = 0
+        @serial = 0
+        @probe = false
+      end
+
+      # [wait, CPU] seconds per job of this class, or nil.
+      def of(klass)
+        @waits[klass]
+      end
+
+      # How many threads a batch of these jobs runs on: 1 (one after the other), or as many
+      # as keep one job computing while the others wait, 1 + wait / CPU of its waiting jobs
+      # (each extra thread costs a hand-over, so no more than that), at most one per job.
+      def threads(jobs)
+        return 1 if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
+
+        wait = cpu = 0.0
+        jobs.each do |job|
+          w, c = @waiting[JobWaits.class_of(job)]
+          next unless w
+
+          wait += w
+          cpu += c
+        end
+        return 1 if wait < TOTAL_MIN
+
+        @together += 1
+        if (@together % PROBE).zero?
+          @probe = true
+          return 1
+        end
+        [jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min
+      end
+
+      # Whether a batch about to run one after the other measures its jobs for #learn: every
+      # LEARN_EVERY-th one (two clock reads per job), and each probe.
+      def learning?
+        @serial += 1
+        if @probe
+          @probe = false
+          return true
+        end
+        (@serial % LEARN_EVERY).zero?
+      end
+
+      # From a batch run one after the other: {class name => [wait seconds, CPU seconds, jobs]}.
+      def learn(sums)
+        sums.each do |klass, (wait, cpu, count)|
+          old = @waits[klass]
+          now = if old.nil?
+            [wait / count, cpu / count]
+          else
+            [fold(old[0], wait / count), fold(old[1], cpu / count)]
+          end
+          @waits[klass] = now
+          if now[0] >= WAIT_MIN && now[0] >= now[1]
+            @waiting[klass] = now
+          else
+            @waiting.delete(klass)
+          end
+        end
+      end
+
+      private
+
+      def fold(old, sample)
+        old + (ALPHA * ([sample, [old, FLOOR].max * SPIKE].min - old))
+      end
+    end
+  end
+end
