@@ -158,15 +158,20 @@ class Processor:
 
     def _measured(self, wall: float, answers: list[tuple[Work, Any]], ran: float | None = None) -> None:
         """Teach the planner each class's runtime and what the request cost beyond running its
-        jobs: ``ran`` when the sidecar says how long that took (a batch whose jobs ran at the same
-        time), else the sum of their runtimes."""
+        jobs. ``ran``: how long the sidecar says that took. Jobs it ran at the same time (they wait)
+        overlap, and each one's runtime also holds the moments the others had the GVL: each job
+        then counts for its share of ``ran``, which is what it costs the request (a class is
+        batched while that is below a request's overhead)."""
         planner = self.planner
-        total = 0.0
+        runtimes = []
         for w, result in answers:
             ms = result.runtime_ms if isinstance(result, (Done, Failed)) else None
             if ms is not None:
-                planner.observe_runtime(w.env.klass, ms / 1000)
-                total += ms / 1000
+                runtimes.append((w.env.klass, ms / 1000))
+        total = sum(seconds for _, seconds in runtimes)
+        share = ran / total if ran is not None and 0 < ran < total else 1.0
+        for klass, seconds in runtimes:
+            planner.observe_runtime(klass, seconds * share)
         planner.observe_request(wall, total if ran is None else ran)
 
     async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:
