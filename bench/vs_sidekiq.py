@@ -12,7 +12,8 @@ Setups (--machine):
 
 Modes:
   throughput (default)  N no-op jobs are enqueued with Sidekiq's client (push_bulk) and moved
-      aside before the server starts. --kind worker|activejob|both and --log info|warn|both run
+      aside before the server starts (--kind wait: jobs that sleep 0.2 ms, as one quick query
+      waits, then RPUSH). --kind worker|activejob|both|wait and --log info|warn|both run
       every combination; within one the servers run back to back on the same jobs (sidekiq,
       fastworker, then the stub with --stub), and a ratio line follows. Once every server process
       has written its process record, --warmup W jobs are released into the queue and run (so the
@@ -77,6 +78,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 QUEUE = "queue:default"
 SLOW_JOBS, SLOW_MS = 200, 50
+WAIT_MS = 0.2  # --kind wait: a job that waits about as long as one quick database query, then RPUSHes
 
 
 # --- what the server-side processes cost -------------------------------------------------------
@@ -167,6 +169,8 @@ ENQUEUE_RB = """
           "args" => Array.new(k) { [Process.clock_gettime(Process::CLOCK_REALTIME)] })
       when "sleep"
         Sidekiq::Client.push_bulk("class" => SleepWorker, "args" => Array.new(k) { [Integer(ENV["BENCH_SLEEP_MS"])] })
+      when "wait"
+        Sidekiq::Client.push_bulk("class" => SleepWorker, "args" => Array.new(k) { [Float(ENV["BENCH_WAIT_MS"])] })
       else raise "unknown kind #{ENV["BENCH_KIND"]}"
       end
       n -= k
@@ -179,7 +183,8 @@ def enqueue(redis_url: str, kind: str, batches: dict[str, int]) -> None:
     """Push each batch with Sidekiq's client, as the app would, then move it aside to the staged
     list named by its key ("queue:default" leaves it in the queue)."""
     env = dict(os.environ, REDIS_URL=redis_url, BENCH_LOG_LEVEL="warn", BENCH_APP=str(APP), BENCH_KIND=kind,
-               BENCH_BATCHES=" ".join(f"{k}={n}" for k, n in batches.items()), BENCH_SLEEP_MS=str(SLOW_MS))
+               BENCH_BATCHES=" ".join(f"{k}={n}" for k, n in batches.items()), BENCH_SLEEP_MS=str(SLOW_MS),
+               BENCH_WAIT_MS=str(WAIT_MS))
     res = subprocess.run(["ruby", "-e", ENQUEUE_RB], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
     if res.returncode:  # redis-rb's deprecation notices on every push_bulk are noise, unless it failed
@@ -577,7 +582,9 @@ def options() -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, help="timed jobs per run (default 100,000; 20,000 with --quick;"
                                              " 20,000 for the peak run of --rate half)")
     ap.add_argument("--warmup", type=int, help="jobs run before timing starts (default 0; 3,000 with --quick)")
-    ap.add_argument("--kind", choices=["worker", "activejob", "both"], default="worker")
+    ap.add_argument("--kind", choices=["worker", "activejob", "both", "wait"], default="worker",
+                    help="no-op Sidekiq::Worker or ActiveJob jobs (both: each), or wait: SleepWorker jobs"
+                         f" of {WAIT_MS} ms and an RPUSH (jobs that mostly wait)")
     ap.add_argument("--log", choices=["info", "warn", "both"], default="warn")
     ap.add_argument("--machine", choices=["one", "whole"], default="one",
                     help=f"one process, or one per core ({CORES} here)")
