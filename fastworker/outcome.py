@@ -79,9 +79,9 @@ Outcome = Done | Failed | BadJob | NotAttempted
 
 
 class Outcomes(list):  # type: ignore[type-arg]
-    """A batch's outcomes, one per job in order, and ``ran``: the seconds from its first job's start
-    to its last job's end in the sidecar (None when it did not say). Jobs the sidecar ran at the same
-    time overlap, so their runtimes do not add up to what the request spent running them."""
+    """A batch's outcomes, one per job in order, and ``ran``: the seconds the sidecar spent on the
+    batch (None when it did not say). Jobs the sidecar ran at the same time overlap, so their
+    runtimes do not add up to it."""
 
     __slots__ = ("ran",)
 

@@ -132,8 +132,9 @@ module Fastworker
       # the other on this thread, or, for jobs of classes that mostly wait (JobWaits), at the
       # same time on up to `capacity` threads (JobThreads). The answer is one result object
       # per job, in order: {"status":"done"|"failed"|"bad_request"|"unavailable"|"shutdown",
-      # ...the /perform body}, and x-fastworker-ran-ms says how long the jobs took from the
-      # first start to the last end. A job not attempted (draining meanwhile) comes back
+      # ...the /perform body}, and x-fastworker-ran-ms says how long the sidecar spent on them
+      # (parsing, running and answering: jobs run at once overlap, so their runtimes do not
+      # add up to it). A job not attempted (draining meanwhile) comes back
       # "unavailable" with its reason.
       def perform_batch(env)
         return Result.unavailable(@drain.state) unless @drain.ready?
