@@ -5,13 +5,18 @@ sleeps a fifth of a millisecond and records when it ran); Ruby's Sidekiq client 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REDIS_BASE, TEST_DB
 from tests.helpers import rails
 from tests.helpers.procs import ruby_json, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from vs_sidekiq import most_at_once  # noqa: E402  (the benchmark's --slow mode counts the same way)
 
 URL = f"{REDIS_BASE}/{TEST_DB}"
 pytestmark = [pytest.mark.rails, pytest.mark.ruby]
@@ -21,15 +26,6 @@ JOBS = 800
 @pytest.fixture(scope="module")
 def sidecar() -> Iterator[rails.Sidecar]:
     yield from rails.serve(URL, threads=10)
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    now = best = 0
-    for _, step in events:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def test_batched_jobs_that_wait_run_at_the_same_time(redis_url, r, worker, sidecar):
