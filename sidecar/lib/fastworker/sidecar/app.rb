@@ -200,8 +200,9 @@ module Fastworker
         results
       end
 
-      # At the same time, on this thread and threads - 1 helpers; a job stopped by POST /cancel or a closed
-      # connection leaves the jobs not yet started unattempted, as one after the other would.
+      # At the same time, on this thread and threads - 1 helpers; a job stopped by POST /cancel
+      # or a closed connection leaves the jobs not yet started unattempted, as one after the
+      # other would.
       def together(jobs, lines, keys, socket, tally, threads)
         results = Array.new(jobs.size)
         times = Array.new(jobs.size, 0.0)
