@@ -7,17 +7,17 @@ module Fastworker
     #
     # Why: a batch runs its jobs one after the other on its request's thread, which is right
     # for jobs that only compute (the GVL lets one thread run at a time anyway). Jobs that
-    # mostly wait, such as one Redis or SQL round trip, then wait one after the other where
-    # Sidekiq's threads wait together. Measured on the project's 2-core machine (bench/app's
-    # LatencyWorker, one RPUSH per job, one process each): Sidekiq 10,266 jobs/s, fastworker
-    # 6,210 with serial batches.
+    # mostly wait, such as one quick query, then wait one after the other where Sidekiq's
+    # threads wait together. Measured on the project's 2-core machine (`bench/vs_sidekiq.py
+    # --kind wait`: 0.2 ms of waiting and an RPUSH per job, one process each): Sidekiq 4,678
+    # jobs/s, fastworker 2,295 with serial batches, 3,638 with this.
     #
     # Duties:
-    # 1. `each(count, threads) { |i| ... }` yields every index in 0...count exactly once, spread
-    #    over the calling thread and up to `threads - 1` helper threads (`size` at most), each taking the next index as it
-    #    finishes the last; it returns once every index has been yielded and every block has
-    #    returned. `stop!` (from within a block) leaves the indexes not yet taken unyielded;
-    #    they are returned.
+    # 1. `each(count, threads) { |i, round| ... }` yields every index in 0...count exactly
+    #    once, spread over the calling thread and up to `threads - 1` helper threads (`size - 1`
+    #    at most), each taking the next index as it finishes the last; it returns once every
+    #    index has been yielded and every block has returned. `round.stop!` (from within a
+    #    block) leaves the indexes not yet taken unyielded; they are returned.
     # 2. Start the helpers on first use in the process that uses them (a Puma worker, after
     #    the fork) and keep them; a helper survives whatever a block raises.
     class JobThreads
@@ -30,7 +30,6 @@ module Fastworker
           @block = block
           @next = 0
           @active = 0
-          @stopped = false
           @left = []
           @lock = Mutex.new
           @done = ConditionVariable.new
@@ -53,7 +52,6 @@ module Fastworker
 
         def stop!
           @lock.synchronize do
-            @stopped = true
             @left.concat((@next...@count).to_a)
             @next = @count
           end
@@ -77,8 +75,6 @@ module Fastworker
           end
         end
       end
-
-      attr_reader :size
 
       def initialize(size)
         @size = size
