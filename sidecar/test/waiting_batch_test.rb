@@ -21,6 +21,13 @@ class WaitingBatchTest < Minitest::Test
     Array.new(count) { job("WaitJob", [seconds]) }
   end
 
+  # Four jobs of one batch running at once (the slots: capacity 4), within a second.
+  def four_running
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 1.0
+    sleep 0.005 until @drain.in_flight == 4 || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    assert_equal 4, @drain.in_flight, "the batch's jobs did not run at once"
+  end
+
   # Batches one after the other until the app has learned that WaitJob waits.
   def taught
     Fastworker::Sidecar::JobWaits::LEARN_EVERY.times { batch(waits(2, 0.02)) }
@@ -57,7 +64,7 @@ class WaitingBatchTest < Minitest::Test
     taught
     jobs = waits(6, 0.3) # 4 job slots: 4 run, 2 wait for a thread
     runner = Thread.new { batch(jobs) }
-    sleep 0.005 until @drain.in_flight == 4
+    four_running
     answer = @drain.cancel([jobs[0]["jid"]], 1.0)
     assert_equal [jobs[0]["jid"]], answer["stopped"]
     _, items, = runner.value
@@ -71,7 +78,7 @@ class WaitingBatchTest < Minitest::Test
   def test_a_hard_stop_after_a_drain_stops_the_running_jobs_and_leaves_the_rest
     taught
     runner = Thread.new { batch(waits(6, 5)) }
-    sleep 0.005 until @drain.in_flight == 4
+    four_running
     @drain.begin_drain!
     assert_equal 4, @drain.interrupt_running(Sidekiq::Shutdown)
     _, items, = runner.value
