@@ -14,7 +14,10 @@ Duties:
    turns the last answer round and sends the next. Several processes get one each. A fetch never
    opens more requests than the lanes left free by those in flight: a request beyond them goes
    to a second connection of one Puma process, where it costs more than it overlaps, and an
-   uneven split (3/3/4 of 10 tokens) would otherwise stay uneven for good.
+   uneven split (3/3/4 of 10 tokens) would otherwise stay uneven for good. Jobs of classes the
+   sidecar says wait (it runs their batches at the same time, on several threads) get one request
+   per process and none pipelined: Puma takes a pipelined request only once the one before it has
+   answered, so the second half of them would wait for the first instead of beside it.
 """
 
 from __future__ import annotations
@@ -51,21 +54,24 @@ class Offer:
 
 
 class BatchPlanner:
-    __slots__ = ("concurrency", "offer", "overhead", "_runtime")
+    __slots__ = ("concurrency", "offer", "overhead", "waiting", "_runtime", "_waits")
 
     def __init__(self, concurrency: int, offer: Offer) -> None:
         self.concurrency = concurrency
         self.offer = offer
         self.overhead: float | None = None  # seconds per request beyond its jobs' runtime
         self._runtime: dict[str, float] = {}  # class -> seconds
+        self._waits: set[str] = set()  # classes whose last batch the sidecar found waiting
+        self.waiting = False  # the last split was of such classes only: lanes and size follow it
 
     @property
     def lanes(self) -> int:
         """Fast requests in flight at full concurrency, over every sidecar process."""
         processes = max(1, self.offer.processes)
-        # one process: pipelined lanes overlap Ruby with the worker. Several: they overlap with
-        # each other already, and halving the batches cost more than it gained (see LANES)
-        per_process = max(LANES, self.offer.pipeline) if processes == 1 else LANES
+        # one process: pipelined lanes overlap Ruby with the worker, unless its jobs wait (module
+        # duty 3). Several: they overlap with each other already, and halving the batches cost
+        # more than it gained (see LANES)
+        per_process = max(LANES, self.offer.pipeline) if processes == 1 and not self.waiting else LANES
         return per_process * processes
 
     @property
@@ -84,6 +90,12 @@ class BatchPlanner:
         else:
             self._runtime[klass] = old + ALPHA * (min(seconds, old * SPIKE) - old)
 
+    def observe_waiting(self, klass: str, waiting: bool) -> None:
+        if waiting:
+            self._waits.add(klass)
+        else:
+            self._waits.discard(klass)
+
     def observe_request(self, wall: float, runtimes: float) -> None:
         """One request's round trip (``wall``) and the summed runtime of its jobs, in seconds."""
         sample = max(0.0, wall - runtimes)
@@ -98,13 +110,17 @@ class BatchPlanner:
         runtime = self._runtime.get(klass)
         return runtime is not None and runtime < self.overhead
 
-    def split(self, items: Sequence[T], in_flight: int = 0) -> list[list[T]]:
+    def waits(self, klass: str) -> bool:
+        return klass in self._waits
+
+    def split(self, items: Sequence[T], in_flight: int = 0, waiting: bool = False) -> list[list[T]]:
         """``items`` in requests of about ``size``, as even as possible, and no more requests than
         the lanes that ``in_flight`` fast requests leave (one at least; a request grows up to
-        ``batch_max`` for it)."""
+        ``batch_max`` for it). ``waiting``: they are all of classes that wait (``waits``)."""
         n = len(items)
         if n == 0:
             return []
+        self.waiting = waiting
         count = min(-(-n // self.size), max(1, self.lanes - in_flight))
         count = max(count, -(-n // max(1, self.offer.batch_max)))
         base, extra = divmod(n, count)

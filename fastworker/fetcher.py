@@ -198,7 +198,9 @@ class Fetcher:
         self._start(batch)
 
     def _start(self, batchable: list[tuple[str, Any]]) -> None:
-        for group in self.planner.split(batchable, self.manager.fast_requests):
+        planner = self.planner
+        waiting = all(planner.waits(env.klass) for _, env in batchable)
+        for group in planner.split(batchable, self.manager.fast_requests, waiting):
             if len(group) == 1:
                 self.manager.spawn(*group[0], fast=True)
             else:

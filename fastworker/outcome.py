@@ -79,12 +79,14 @@ Outcome = Done | Failed | BadJob | NotAttempted
 
 
 class Outcomes(list):  # type: ignore[type-arg]
-    """A batch's outcomes, one per job in order, and ``ran``: the seconds the sidecar spent on the
+    """A batch's outcomes, one per job in order; ``ran``: the seconds the sidecar spent on the
     batch (None when it did not say). Jobs the sidecar ran at the same time overlap, so their
-    runtimes do not add up to it."""
+    runtimes do not add up to it. ``waiting``: the sidecar found the jobs waiting (it runs such
+    batches at the same time), None when it did not say."""
 
-    __slots__ = ("ran",)
+    __slots__ = ("ran", "waiting")
 
-    def __init__(self, items: Any = (), ran: float | None = None) -> None:
+    def __init__(self, items: Any = (), ran: float | None = None, waiting: bool | None = None) -> None:
         super().__init__(items)
         self.ran = ran
+        self.waiting = waiting

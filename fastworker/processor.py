@@ -119,7 +119,8 @@ class Processor:
                 return
             self.breaker.success()
             wall = self.clock.mono() - t0
-            self._measured(wall, list(zip(works, results, strict=True)), getattr(results, "ran", None))
+            self._measured(wall, list(zip(works, results, strict=True)), getattr(results, "ran", None),
+                           getattr(results, "waiting", None))
             elapsed = wall / len(works)
             unavailable: list[tuple[Work, NotAttempted]] = []
             for w, result in zip(works, results, strict=True):
@@ -156,12 +157,14 @@ class Processor:
             for w in works:
                 self.metrics.job_started(w, now)
 
-    def _measured(self, wall: float, answers: list[tuple[Work, Any]], ran: float | None = None) -> None:
+    def _measured(self, wall: float, answers: list[tuple[Work, Any]], ran: float | None = None,
+                  waiting: bool | None = None) -> None:
         """Teach the planner each class's runtime and what the request cost beyond running its
         jobs. ``ran``: how long the sidecar says that took. Jobs it ran at the same time (they wait)
         overlap, and each one's runtime also holds the moments the others had the GVL: each job
         then counts for its share of ``ran``, which is what it costs the request (a class is
-        batched while that is below a request's overhead)."""
+        batched while that is below a request's overhead). ``waiting``: whether the sidecar
+        found the batch's jobs waiting, for each of its classes."""
         planner = self.planner
         runtimes = []
         for w, result in answers:
@@ -172,6 +175,8 @@ class Processor:
         share = ran / total if ran is not None and 0 < ran < total else 1.0
         for klass, seconds in runtimes:
             planner.observe_runtime(klass, seconds * share)
+            if waiting is not None:
+                planner.observe_waiting(klass, waiting)
         planner.observe_request(wall, total if ran is None else ran)
 
     async def _outcome(self, work: Work, result: Done | Failed | BadJob, elapsed: float) -> None:

@@ -84,6 +84,11 @@ def _ran(headers: Any) -> float | None:
         return None
 
 
+def _waiting(headers: Any) -> bool:
+    """x-fastworker-waiting: the sidecar found the batch's jobs waiting (it runs them at once)."""
+    return headers.get("x-fastworker-waiting") == "1"
+
+
 class SidecarClient:
     def __init__(self, base_url: str, concurrency: int, connect_timeout: float = 5.0,
                  job_timeout: float = 0.0, signer: Any = None, max_body: int = limits.MAX_BODY) -> None:
@@ -224,7 +229,9 @@ class SidecarClient:
                 raise ValueError("wrong length")
         except ValueError as exc:
             raise SidecarUnavailable(f"unreadable /perform_batch answer: {exc}: {_excerpt(body)}") from exc
-        out = Outcomes(ran=_ran(headers))
+        ran = _ran(headers)
+        # a sidecar that measures batches (ran) says when their jobs wait; an older one never does
+        out = Outcomes(ran=ran, waiting=None if ran is None else _waiting(headers))
         for item in items:
             st = item.get("status") if isinstance(item, dict) else None
             if st == "done":

@@ -135,3 +135,37 @@ def test_a_batch_whose_jobs_ran_at_the_same_time_teaches_its_overhead_from_how_l
     # had the GVL part of it): 0.15 ms, well below the overhead, so the class stays batched
     assert abs((planner.runtime("WaitWorker") or 0) - 0.00015) < 1e-9
     assert planner.batchable("WaitWorker")
+
+
+def test_jobs_the_sidecar_finds_waiting_share_one_request_per_process(redis_url, r, stub, worker):
+    """The sidecar runs a batch of jobs that wait at the same time (x-fastworker-waiting: 1). Split
+    over two pipelined lanes, the second half would wait on the same Puma thread until the first half
+    had all finished; so such jobs take every free token of a process in one request. Jobs that
+    compute keep the two pipelined lanes of 5 (one runs in Ruby while the worker turns the other)."""
+    ruby_json(redis_url, 'puts 600.times.map { Sidekiq::Client.push("class" => "WaitJob", "args" => []) }.to_json')
+    worker("-c", "10")
+    wait_until(lambda: processed(r) >= 600, 30, what="600 WaitJob jobs")
+    waiting = stub.stats()["batch_sizes"]
+    stub.reset()
+    ruby_json(redis_url, 'puts 600.times.map { Sidekiq::Client.push("class" => "HardJob", "args" => []) }.to_json')
+    wait_until(lambda: processed(r) >= 1200, 30, what="600 HardJob jobs")
+    computing = stub.stats()["batch_sizes"]
+    assert waiting.count(10) > len(waiting) // 2, f"WaitJob batches: {waiting}"
+    assert computing.count(10) <= len(computing) // 10, f"HardJob batches: {computing}"
+
+
+def test_the_planner_learns_from_each_answer_which_classes_wait():
+    from fastworker.batching import BatchPlanner, Offer
+    from fastworker.sidecar_client import _waiting
+
+    assert _waiting({"x-fastworker-waiting": "1"}) is True and _waiting({}) is False
+    planner = BatchPlanner(10, Offer(batch_max=32, processes=1, pipeline=2))
+    planner.observe_waiting("Io", True)
+    assert planner.waits("Io") and not planner.waits("Cpu")
+    assert [len(g) for g in planner.split(list(range(10)), 0, waiting=True)] == [10]
+    assert (planner.lanes, planner.size) == (1, 10)  # the fetcher gathers tokens for that one request
+    assert [len(g) for g in planner.split(list(range(10)), 0)] == [5, 5]
+    planner.observe_waiting("Io", False)  # a probe found it computing: pipelined lanes again
+    assert not planner.waits("Io")
+    two = BatchPlanner(20, Offer(batch_max=32, processes=2, pipeline=2))
+    assert [len(g) for g in two.split(list(range(20)), 0, waiting=True)] == [10, 10]  # one per process

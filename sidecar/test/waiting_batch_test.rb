@@ -48,6 +48,7 @@ class WaitingBatchTest < Minitest::Test
     assert_equal 4, Recorder[:wait].map { |w| w["thread"] }.uniq.size
     assert_operator took, :<, 0.15, "four waits of 50 ms one after the other take 200 ms"
     assert_in_delta took * 1000, Float(headers["x-fastworker-ran-ms"]), 30
+    assert_equal "1", headers["x-fastworker-waiting"], "the worker keeps such jobs in one request"
     assert_equal 4 + 4 + (2 * Fastworker::Sidecar::JobWaits::LEARN_EVERY), @app.metrics.count("perform_batch", "done")
     assert_equal 0, @drain.in_flight
   end
@@ -57,6 +58,7 @@ class WaitingBatchTest < Minitest::Test
     _, items, headers = batch(Array.new(4) { job("ContextJob") })
     assert_equal(%w[done] * 4, items.map { |i| i["status"] })
     refute_nil headers["x-fastworker-ran-ms"], "a batch always says how long it ran"
+    assert_nil headers["x-fastworker-waiting"], "computing jobs keep the worker's pipelined lanes"
     assert_nil @app.instance_variable_get(:@threads).instance_variable_get(:@queue), "no helper thread was started"
   end
 
@@ -119,8 +121,10 @@ class JobWaitsTest < Minitest::Test
   def test_every_probe_th_batch_runs_one_after_the_other_to_learn_again
     waits = W.new
     waits.learn("Io" => [200e-6, 50e-6, 1])
-    runs = Array.new(W::PROBE * 2) { waits.threads(jobs(%w[Io Io Io])) }
-    assert_equal 2, runs.count(1)
+    runs = Array.new(W::PROBE * 2) { waits.plan(jobs(%w[Io Io Io])) }
+    assert_equal 2, runs.count([1, true]), "a probe runs serial and still says its jobs wait"
+    assert_equal [true], runs.map(&:last).uniq
+    assert_equal [1, false], waits.plan(jobs(%w[Cpu Cpu])), "jobs not known to wait"
     assert waits.learning?, "a probe batch measures its jobs"
     learned = Array.new(W::LEARN_EVERY * 3) { waits.learning? }
     assert_equal 3, learned.count(true), "other batches one in LEARN_EVERY"

@@ -79,6 +79,9 @@ class StubSidecar:
     def stats(self) -> dict[str, Any]:
         return http_json(self.url + "/_stats")
 
+    def reset(self) -> None:
+        http_json(self.url + "/_reset", {})
+
     def mode(self, status: int | None, retry_after: float | None = None, exhausted_status: int | None = None,
              exhausted_delay: float = 0.0) -> None:
         http_json(self.url + "/_mode", {"status": status, "retry_after": retry_after,

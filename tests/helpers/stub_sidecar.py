@@ -12,6 +12,9 @@ Behaviour by the job's class:
   NoSuch*       -> 422 NameError "uninitialized constant ...", stage "global" (an unknown class)
   RuntimeJob    -> 200, reporting args[0] milliseconds as its Ruby runtime (a slow machine's no-op job)
   SkipJob       -> 200 with "skipped": true (a 7.3+ IterableJob interrupted and re-enqueued)
+  WaitJob       -> 200; a /perform_batch of WaitJobs only answers x-fastworker-waiting: 1, as the
+                   real sidecar answers a batch of jobs it found waiting (every batch answers
+                   x-fastworker-ran-ms)
   anything else -> 200
 A job with a "wrapped" class (ActiveJob) behaves as its wrapped class (FailJob wrapped fails).
 --request-delay S adds S seconds to every /perform and /perform_batch request (a slow machine's
@@ -142,6 +145,7 @@ class Stub:
             await asyncio.sleep(self.request_delay)
         out = []
         self.batches += 1
+        started = time.perf_counter()
         keys = request.headers.get("Idempotency-Keys", "").split(",")
         lines = (await request.read()).split(b"\n")
         self.batch_sizes.append(len(lines))
@@ -158,7 +162,10 @@ class Stub:
             if resp.status == 400:
                 item = {"status": "bad_request", "error": item.get("error")}
             out.append(item)
-        return web.Response(body=orjson.dumps(out), content_type="application/json")
+        headers = {"x-fastworker-ran-ms": f"{(time.perf_counter() - started) * 1000:.3f}"}
+        if all(b'"class":"WaitJob"' in line for line in lines):
+            headers["x-fastworker-waiting"] = "1"
+        return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
 
     async def exhausted(self, request: web.Request) -> web.Response:
         if self.exhausted_status is not None:

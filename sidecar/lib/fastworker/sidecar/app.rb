@@ -38,6 +38,7 @@ module Fastworker
 
       PID_HEADER = "x-fastworker-pid"
       RAN_HEADER = "x-fastworker-ran-ms"
+      WAITING_HEADER = "x-fastworker-waiting"
 
       attr_reader :drain, :metrics
 
@@ -145,12 +146,15 @@ module Fastworker
 
         keys = env["HTTP_IDEMPOTENCY_KEYS"].to_s.split(",")
         started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-        text = run_batch(lines, keys, env["puma.socket"])
+        text, waiting = run_batch(lines, keys, env["puma.socket"])
         ran_ms = ((Process.clock_gettime(Process::CLOCK_MONOTONIC) - started) * 1000).round(3)
-        Result.json_text(200, "done", text, {RAN_HEADER => ran_ms.to_s})
+        headers = {RAN_HEADER => ran_ms.to_s}
+        headers[WAITING_HEADER] = "1" if waiting
+        Result.json_text(200, "done", text, headers)
       end
 
-      # Each job's outcome and time go to a Tally folded into the metrics once.
+      # Each job's outcome and time go to a Tally folded into the metrics once. Returns the
+      # answer's JSON text and whether JobWaits found the jobs waiting.
       def run_batch(lines, keys, socket)
         jobs = lines.map do |raw|
           Payload.parse_job(raw)
@@ -158,7 +162,7 @@ module Fastworker
           e
         end
         tally = Metrics::Tally.new
-        threads = @waits.threads(jobs)
+        threads, waiting = @waits.plan(jobs)
         results = if threads > 1
           together(jobs, lines, keys, socket, tally, threads)
         else
@@ -170,6 +174,7 @@ module Fastworker
           result.write_batch_item(out)
         end
         out << "]"
+        [out, waiting]
       ensure
         @metrics.record("perform_batch", tally) if tally
       end

@@ -27,6 +27,8 @@ module Fastworker
       ALPHA = 0.2
       SPIKE = 4.0 # a batch's mean counts at most this many times the average (a GC pause, a preemption)
       FLOOR = 50e-6 # the spike limit never falls under SPIKE times this (an average near 0)
+      SERIAL = [1, false].freeze
+      SERIAL_WAITING = [1, true].freeze
 
       # The class a job is known by: the wrapped ActiveJob class, else the job class.
       def self.class_of(job)
@@ -53,7 +55,14 @@ module Fastworker
       # as keep one job computing while the others wait, 1 + wait / CPU of its waiting jobs
       # (each extra thread costs a hand-over, so no more than that), at most one per job.
       def threads(jobs)
-        return 1 if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
+        plan(jobs)[0]
+      end
+
+      # [threads, waiting]: #threads, and whether the batch's jobs wait, which a probe run one
+      # after the other does too (the App tells the worker, which then keeps such jobs in one
+      # request: a second one pipelined behind it would wait for all of them on one thread).
+      def plan(jobs)
+        return SERIAL if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
 
         wait = cpu = 0.0
         jobs.each do |job|
@@ -63,14 +72,14 @@ module Fastworker
           wait += w
           cpu += c
         end
-        return 1 if wait < TOTAL_MIN
+        return SERIAL if wait < TOTAL_MIN
 
         @together += 1
         if (@together % PROBE).zero?
           @probe = true
-          return 1
+          return SERIAL_WAITING
         end
-        [jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min
+        [[jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min, true]
       end
 
       # Whether a batch about to run one after the other measures its jobs for #learn: every
