@@ -104,18 +104,18 @@ class JobWaitsTest < Minitest::Test
 
   def test_waiting_classes_share_threads_and_computing_ones_do_not
     waits = W.new
-    assert_equal 1, waits.threads(jobs(%w[Io Io])), "nothing learned yet"
+    assert_equal [1, false], waits.plan(jobs(%w[Io Io])), "nothing learned yet"
     waits.learn("Io" => [800e-6, 200e-6, 4], "Cpu" => [240e-6, 1200e-6, 4], "Tiny" => [40e-6, 0.0, 4])
-    assert_equal 1, waits.threads(jobs(%w[Cpu Cpu Cpu Cpu])), "waiting less than computing: preemption, not I/O"
-    assert_equal 1, waits.threads(jobs(%w[Tiny] * 10)), "under WAIT_MIN per job"
-    assert_equal 1, waits.threads(jobs(%w[Unknown Unknown])), "not yet seen"
-    assert_equal 1, waits.threads(jobs(%w[Io])), "one job: nothing to overlap it with"
-    assert_equal 2, waits.threads(jobs(%w[Io Io])), "1 + wait / CPU threads, one per job at most"
-    assert_equal 5, waits.threads(jobs(%w[Io Io Io Io Io Io Cpu]))
-    assert_equal 4, waits.threads([{"class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "Io"}] * 4),
+    assert_equal [1, false], waits.plan(jobs(%w[Cpu Cpu Cpu Cpu])), "waiting less than computing: preemption, not I/O"
+    assert_equal [1, false], waits.plan(jobs(%w[Tiny] * 10)), "under WAIT_MIN per job"
+    assert_equal [1, false], waits.plan(jobs(%w[Unknown Unknown])), "not yet seen"
+    assert_equal [1, false], waits.plan(jobs(%w[Io])), "one job: nothing to overlap it with"
+    assert_equal [2, true], waits.plan(jobs(%w[Io Io])), "1 + wait / CPU threads, one per job at most"
+    assert_equal [5, true], waits.plan(jobs(%w[Io Io Io Io Io Io Cpu]))
+    assert_equal [4, true], waits.plan([{"class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "Io"}] * 4),
       "an ActiveJob is known by the class it wraps"
     waits.learn("Io" => [4e-6, 800e-6, 4]) until waits.of("Io")[0] < W::WAIT_MIN
-    assert_equal 1, waits.threads(jobs(%w[Io Io])), "a class that stopped waiting runs one after the other again"
+    assert_equal [1, false], waits.plan(jobs(%w[Io Io])), "a class that stopped waiting runs one after the other again"
   end
 
   def test_every_probe_th_batch_runs_one_after_the_other_to_learn_again

@@ -11,13 +11,14 @@ module Fastworker
     #    call). Every LEARN_EVERY-th batch run one after the other teaches it (per class, the
     #    batch's means, folded into moving averages). Jobs run at the same time also wait for
     #    the GVL, which says nothing about the job, so they teach nothing.
-    # 2. `threads(jobs)`: more than 1 when the batch holds jobs of classes that wait WAIT_MIN
+    # 2. `plan(jobs)` => [threads, waiting]: threads more than 1 when the batch holds jobs of classes that wait WAIT_MIN
     #    or more and at least as long as they compute, TOTAL_MIN or more in all. Such a job
     #    leaves the GVL free while it waits, so another one computes meanwhile. A job that mostly
     #    computes gains nothing from other threads: on a busy machine its wall time also holds
     #    the moments the OS ran another process, which look like waiting but are in proportion
     #    to its CPU time, hence the second test. Every PROBE-th batch that would run together
-    #    runs one after the other instead, to learn again. A class not yet seen does not wait.
+    #    runs one after the other instead, to learn again (still waiting). A class not yet
+    #    seen does not wait.
     # Only this class decides; the Executor runs each job the same way either way.
     class JobWaits
       WAIT_MIN = 30e-6 # seconds: below this, handing a job to another thread costs what it saves
@@ -51,16 +52,12 @@ module Fastworker
         @waits[klass]
       end
 
-      # How many threads a batch of these jobs runs on: 1 (one after the other), or as many
-      # as keep one job computing while the others wait, 1 + wait / CPU of its waiting jobs
-      # (each extra thread costs a hand-over, so no more than that), at most one per job.
-      def threads(jobs)
-        plan(jobs)[0]
-      end
-
-      # [threads, waiting]: #threads, and whether the batch's jobs wait, which a probe run one
-      # after the other does too (the App tells the worker, which then keeps such jobs in one
-      # request: a second one pipelined behind it would wait for all of them on one thread).
+      # [threads, waiting]. threads: how many a batch of these jobs runs on, 1 (one after the
+      # other) or as many as keep one job computing while the others wait, 1 + wait / CPU of
+      # its waiting jobs (each extra thread costs a hand-over, so no more than that), at most
+      # one per job. waiting: whether its jobs wait, also on a probe run one after the other
+      # (the App tells the worker, which then keeps such jobs in one request: a second one
+      # pipelined behind it would wait for all of them on one thread).
       def plan(jobs)
         return SERIAL if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
 
