@@ -13,7 +13,8 @@ Setups (--machine):
 Modes:
   throughput (default)  N no-op jobs are enqueued with Sidekiq's client (push_bulk) and moved
       aside before the server starts (--kind wait: jobs that sleep 0.2 ms, as one quick query
-      waits, then RPUSH). --kind worker|activejob|both|wait and --log info|warn|both run
+      waits, then RPUSH; --kind redis: jobs that only RPUSH, one quick round trip).
+      --kind worker|activejob|both|wait|redis and --log info|warn|both run
       every combination; within one the servers run back to back on the same jobs (sidekiq,
       fastworker, then the stub with --stub), and a ratio line follows. Once every server process
       has written its process record, --warmup W jobs are released into the queue and run (so the
@@ -164,7 +165,7 @@ ENQUEUE_RB = """
       when "activejob"  # what ActiveJob's Sidekiq adapter pushes for NoopJob.perform_later
         Sidekiq::Client.push_bulk("class" => ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper,
           "wrapped" => "NoopJob", "queue" => "default", "args" => Array.new(k) { [NoopJob.new.serialize] })
-      when "latency"
+      when "latency", "redis" # redis: the same jobs timed for throughput (their lag is not read)
         Sidekiq::Client.push_bulk("class" => LatencyWorker,
           "args" => Array.new(k) { [Process.clock_gettime(Process::CLOCK_REALTIME)] })
       when "sleep"
@@ -582,9 +583,10 @@ def options() -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, help="timed jobs per run (default 100,000; 20,000 with --quick;"
                                              " 20,000 for the peak run of --rate half)")
     ap.add_argument("--warmup", type=int, help="jobs run before timing starts (default 0; 3,000 with --quick)")
-    ap.add_argument("--kind", choices=["worker", "activejob", "both", "wait"], default="worker",
+    ap.add_argument("--kind", choices=["worker", "activejob", "both", "wait", "redis"], default="worker",
                     help="no-op Sidekiq::Worker or ActiveJob jobs (both: each), or wait: SleepWorker jobs"
-                         f" of {WAIT_MS} ms and an RPUSH (jobs that mostly wait)")
+                         f" of {WAIT_MS} ms and an RPUSH (jobs that mostly wait), or redis: LatencyWorker"
+                         " jobs, one RPUSH each (a job with one quick round trip)")
     ap.add_argument("--log", choices=["info", "warn", "both"], default="warn")
     ap.add_argument("--machine", choices=["one", "whole"], default="one",
                     help=f"one process, or one per core ({CORES} here)")
