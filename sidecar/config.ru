@@ -6,7 +6,8 @@
 # extra Puma threads for /health and 503s). The app boots before Puma serves, so /health
 # answers 200 as soon as the port is open. On TERM the sidecar drains (503 to new /perform,
 # running jobs finish, at most FASTWORKER_SIDECAR_DRAIN_TIMEOUT seconds) before Puma stops.
-# Give Puma a long `persistent_timeout` (e.g. 3600) so idle worker connections stay open.
+# Give Puma a long `persistent_timeout` (e.g. 3600) so idle worker connections stay open, and
+# bind TCP with `?low_latency=true` (TCP_NODELAY; sidecar/README.md says why).
 $LOAD_PATH.unshift(File.expand_path("lib", __dir__))
 
 require "fastworker/sidecar"

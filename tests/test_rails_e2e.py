@@ -253,7 +253,8 @@ def test_the_sidecar_under_the_teams_own_puma(db, worker, tmp_path):
     port = free_port()
     env = rails.app_env(URL, extra={"RAILS_ROOT": str(rails.RAILS_ROOT), "FASTWORKER_SIDECAR_THREADS": "4"})
     log = open(tmp_path / "puma.log", "wb")
-    puma = subprocess.Popen(["puma", "-b", f"tcp://127.0.0.1:{port}", "-t", "6:6", str(rails.ROOT / "sidecar/config.ru")],
+    puma = subprocess.Popen(["puma", "-b", f"tcp://127.0.0.1:{port}?low_latency=true", "-t", "6:6",
+                             str(rails.ROOT / "sidecar/config.ru")],
                             cwd=rails.RAILS_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         side = rails.Sidecar(puma, port, tmp_path / "puma.log", log)

@@ -209,6 +209,23 @@ class LauncherConfigTest < Minitest::Test
     assert_equal 3600, puma_options[:persistent_timeout], "Puma's 20 s default would move a quiet worker connection"
   end
 
+  # Accepted connections inherit TCP_NODELAY from the listening socket: without it, the answer to
+  # a pipelined /perform_batch waited for the worker's delayed ACK (up to 40 ms) under Nagle.
+  def test_tcp_answers_go_out_without_nagle_delay
+    require "puma"
+    require "puma/binder"
+    require "puma/events"
+    port = TCPServer.open("127.0.0.1", 0) { |s| s.addr[1] }
+    binder = ::Puma::Binder.new(::Puma::Events.null)
+    binder.parse(puma_options("--port", port.to_s)[:binds], ::Puma::Events.null)
+    client = TCPSocket.new("127.0.0.1", port)
+    accepted = binder.ios.first.accept
+    assert_equal 1, accepted.getsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY).int
+  ensure
+    [client, accepted].each { |io| io&.close }
+    binder&.close
+  end
+
   def test_cluster_mode_preloads_the_app
     options = puma_options("--workers", "2")
     assert_equal 2, options[:workers]
