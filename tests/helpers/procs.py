@@ -116,7 +116,9 @@ class Worker:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        text = self.log_path.read_text(errors="replace")
+        # the worker may be writing its last line this very moment: only whole lines count
+        for line in text[:text.rfind("\n") + 1].splitlines():
             line = line.strip()
             if not line.startswith("{"):
                 continue
