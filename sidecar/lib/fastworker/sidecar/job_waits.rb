@@ -11,14 +11,14 @@ module Fastworker
     #    call). Every LEARN_EVERY-th batch run one after the other teaches it (per class, the
     #    batch's means, folded into moving averages). Jobs run at the same time also wait for
     #    the GVL, which says nothing about the job, so they teach nothing.
-    # 2. `plan(jobs)` => [threads, waiting]: threads more than 1 when the batch holds jobs of classes that wait WAIT_MIN
-    #    or more and at least as long as they compute, TOTAL_MIN or more in all. Such a job
-    #    leaves the GVL free while it waits, so another one computes meanwhile. A job that mostly
-    #    computes gains nothing from other threads: on a busy machine its wall time also holds
-    #    the moments the OS ran another process, which look like waiting but are in proportion
-    #    to its CPU time, hence the second test. Every PROBE-th batch that would run together
-    #    runs one after the other instead, to learn again (still waiting). A class not yet
-    #    seen does not wait.
+    # 2. `plan(jobs)` => [threads, waiting]: threads more than 1 when the batch holds jobs of
+    #    classes that wait WAIT_MIN or more and at least as long as they compute, TOTAL_MIN or
+    #    more in all. Such a job leaves the GVL free while it waits, so another one computes
+    #    meanwhile. A job that mostly computes gains nothing from other threads: on a busy
+    #    machine its wall time also holds the moments the OS ran another process, which look
+    #    like waiting but are in proportion to its CPU time, hence the second test. Every
+    #    PROBE-th batch that would run together runs one after the other instead, to learn
+    #    again (still waiting). A class not yet seen does not wait.
     # Only this class decides; the Executor runs each job the same way either way.
     class JobWaits
       WAIT_MIN = 30e-6 # seconds: below this, handing a job to another thread costs what it saves

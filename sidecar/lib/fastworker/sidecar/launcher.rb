@@ -18,9 +18,8 @@ module Fastworker
     #    (preload), with connections closed before the fork.
     # 4. Keep idle keep-alive connections open (persistent_timeout), so each worker
     #    connection stays with the Puma worker process it first reached. Send each answer at
-    #    once (TCP_NODELAY, Puma's `low_latency`, off by default in Puma 5): with Nagle on, the
-    #    answer to a pipelined request waited for the worker to acknowledge the one before it,
-    #    which its kernel delays up to 40 ms.
+    #    once: TCP_NODELAY (Puma's `low_latency`, off by default in Puma 5; design.md,
+    #    "Pipelined batches", says why).
     # 5. Install the drain-before-stop hook (PumaDrain) and the pipelining fix (PumaPipelining),
     #    and run Puma::Launcher.
     # 6. Refuse to start with a bad secret (shorter than 32 bytes, unreadable file), or on a
