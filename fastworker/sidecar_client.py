@@ -109,7 +109,8 @@ class SidecarClient:
 
     async def start(self) -> None:
         # room for every job's request plus the health probes beside them
-        self.http = SidecarHTTP(self.base_url, self.concurrency + 4, self.connect_timeout)
+        self.http = SidecarHTTP(self.base_url, self.concurrency + 4, self.connect_timeout,
+                                probe=("/health", lambda: self._signed("GET", "/health")))
         self.control = SidecarHTTP(self.base_url, 1, self.connect_timeout)
 
     async def close(self) -> None:
@@ -397,10 +398,10 @@ class SidecarClient:
         """Open keep-alive connections per sidecar process (pid)."""
         return self.http.spread() if self.http is not None else {}
 
-    async def warm(self, timeout: float = 2.0) -> None:
+    async def warm(self) -> None:
         """Open connections to every sidecar process before the first jobs (cluster mode)."""
         if self.http is not None:
-            await self.http.warm("/health", timeout, lambda: self._signed("GET", "/health"))
+            await self.http.warm()
 
 
 def _positive(value: Any, default: int) -> int:

@@ -11,7 +11,9 @@ Duties:
    the fewest requests in flight and a free job slot (each process runs ``capacity`` at once and
    answers 503 beyond), and a new connection is opened while a process the sidecar advertises has
    none, since a keep-alive connection stays with the process that accepted it; ``warm`` opens and
-   identifies connections up front, so the first burst already spreads; a request for one
+   identifies connections up front, so the first burst already spreads, and a connection opened
+   later is identified (the ``probe`` request) before it carries a job, since it may have landed on
+   a process whose slots are all taken; a request for one
    process (``prefer_pid``: an exhausted job's hooks, where its live exception is) takes an idle
    connection to it, or waits up to PREFER_WAIT for a busy one to come back;
 4. pipelining: a request sent with ``pipelined=True`` may go out on a connection that already has
@@ -42,6 +44,7 @@ MAX_HEAD = 64 * 1024  # a response head larger than this is not from the sidecar
 # come back, before it takes another process: an exhausted job's hooks get the live exception only
 # where the job ran, and a fast job's connection is back within milliseconds; a slow job's is not.
 PREFER_WAIT = 2.0
+PROBE_TIMEOUT = 2.0  # the answer to the probe that tells which process a new connection reached
 
 
 class TransportError(Exception):
@@ -184,7 +187,10 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes | None, int]:
 class SidecarHTTP:
     """A pool of keep-alive connections to one sidecar URL."""
 
-    def __init__(self, url: str, limit: int, connect_timeout: float) -> None:
+    def __init__(self, url: str, limit: int, connect_timeout: float,
+                 probe: tuple[str, Callable[[], Mapping[str, str]]] | None = None) -> None:
+        """``probe``: the path of a cheap GET whose answer names the process, and the headers to
+        send with it, for telling which process a new connection reached (duty 3)."""
         parts = urlsplit(url)
         if parts.scheme == "unix":
             self.unix_path: str | None = parts.path
@@ -202,6 +208,7 @@ class SidecarHTTP:
         self.processes = 1  # the sidecar's processes, as /health advertises them
         self.capacity = 0  # jobs each of them runs at once (0: not advertised)
         self.depth = 1  # pipelined requests in flight per connection, as /health advertises it
+        self.probe = probe
         self._host_line = f"Host: {host_header}\r\n".encode("latin-1")
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
@@ -295,7 +302,23 @@ class SidecarHTTP:
             if not (full or self._should_grow(best)) or len(self._all) >= self.limit:
                 idle.remove(best)
                 return best
-        return await self._open()
+        return await self._grow()
+
+    async def _grow(self) -> _Conn:
+        """A new connection; on several processes, one identified to reach a process with a free
+        slot. One that reached a full process stays idle for later, and another is opened, up to
+        ``limit``; past it the request takes the last one, and a full process answers 503 (the job
+        goes back to its queue). A probe that gets no answer fails the request like a refused
+        connect."""
+        while True:
+            conn = await self._open()
+            if self.probe is None or self.processes <= 1 or not self.capacity:
+                return conn
+            if not await self._identify(conn):
+                raise TransportError("no answer to the probe on a new connection")
+            if self._load.get(conn.pid, 0) < self.capacity or len(self._all) >= self.limit:
+                return conn
+            self._idle.append(conn)
 
     async def _to_process(self, pid: str) -> _Conn | None:
         """An idle connection to sidecar process ``pid``: one at hand, or (several processes) the
@@ -331,12 +354,11 @@ class SidecarHTTP:
                 waiter.set_result(None)
                 return
 
-    async def warm(self, path: str, timeout: float,
-                   headers: Callable[[], Mapping[str, str]] = dict) -> None:
-        """Open and identify (GET ``path``) connections until every advertised process has one per
+    async def warm(self) -> None:
+        """Open and identify (the ``probe``) connections until every advertised process has one per
         job slot. A new connection lands on whichever process accepts it, so this opens a few
         rounds of them and closes the surplus of the processes that got more than their share."""
-        if self.processes <= 1:
+        if self.processes <= 1 or self.probe is None:
             return
         per = max(self.capacity, 1)
         for attempt in range(10):
@@ -351,9 +373,8 @@ class SidecarHTTP:
                 self._trim(per)
                 continue
             conns = [await self._open() for _ in range(min(missing, room))]
-            self._idle.extend(conns)
-            await asyncio.gather(*(self._identify(c, path, timeout, headers()) for c in conns),
-                                 return_exceptions=True)
+            known = await asyncio.gather(*(self._identify(c) for c in conns))
+            self._idle.extend(c for c, ok in zip(conns, known) if ok)
         self._trim(per)
 
     def _trim(self, per: int) -> None:
@@ -364,18 +385,21 @@ class SidecarHTTP:
             if conn.pid is None or seen[conn.pid] > per:
                 self._discard(conn)
 
-    async def _identify(self, conn: _Conn, path: str, timeout: float, headers: Mapping[str, str]) -> None:
-        data = self._encode("GET", path, b"", headers)
-        self._idle.remove(conn)
+    async def _identify(self, conn: _Conn) -> bool:
+        """Send the probe on a new connection, which learns its process from the answer; False (and
+        the connection closed) when no answer came back on it."""
+        assert self.probe is not None
+        path, headers = self.probe
+        data = self._encode("GET", path, b"", headers())
         try:
-            await asyncio.wait_for(conn.send(data), timeout)
+            await asyncio.wait_for(conn.send(data), PROBE_TIMEOUT)
         except (TimeoutError, TransportError):
             self._discard(conn)
-            return
+            return False
         if conn.closed:
             self._discard(conn)
-        else:
-            self._idle.append(conn)
+            return False
+        return True
 
     def _should_grow(self, best: _Conn) -> bool:
         """Open another connection instead of reusing ``best`` (the idle connection to the least

@@ -221,6 +221,30 @@ async def test_requests_spread_over_the_sidecar_processes():
     await srv.stop()
 
 
+async def test_a_connection_opened_mid_run_is_identified_before_it_carries_a_job():
+    """A new connection lands on whichever process accepts it (Puma's workers share one socket),
+    maybe on one whose slots are all taken, which would answer 503. So the probe goes first: here
+    connection 2 reaches the full pid 1 and stays idle for later, and the job goes out on
+    connection 3, which reached pid 2."""
+    def reply(n: int, req: bytes) -> bytes:
+        return ok(b"{}", f"x-fastworker-pid: {1 if n <= 2 else 2}\r\n")
+
+    srv = Server(reply)
+    http = SidecarHTTP(await srv.start(), limit=8, connect_timeout=1, probe=("/health", lambda: {"X-Probe": "1"}))
+    http.processes, http.capacity = 2, 1
+    slow = asyncio.ensure_future(http.request("POST", "/slow", b"x"))
+    await asyncio.sleep(0.05)
+    await http.request("POST", "/perform_batch", b"x")
+    jobs = [(n, req.split(b" ")[1]) for n, req in srv.requests if req.startswith(b"POST")]
+    assert jobs == [(1, b"/slow"), (3, b"/perform_batch")], jobs
+    probes = [n for n, req in srv.requests if req.startswith(b"GET /health") and b"X-Probe: 1\r\n" in req]
+    assert probes == [1, 2, 3]
+    assert http.spread() == {"1": 2, "2": 1}
+    await slow
+    await http.close()
+    await srv.stop()
+
+
 async def test_pipelined_requests_share_one_connection_and_come_back_in_order():
     """With ``depth`` 2, a second pipelined request goes out on the connection whose first one is
     still running (the sidecar's Puma thread takes it the moment it has answered), and each caller
