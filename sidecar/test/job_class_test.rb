@@ -47,6 +47,29 @@ class JobClassTest < Minitest::Test
     assert_empty Recorder[:plain_new]
   end
 
+  # The wrapped class of every ActiveJob is checked, so a name that passed is not looked up
+  # again; one that was refused is looked up, and refused, every time.
+  def test_a_wrapped_activejob_class_is_looked_up_once_and_a_refused_one_every_time
+    Fastworker::Sidecar::JobClass.activejob_names.clear
+    lookups = Hash.new(0)
+    compat = Fastworker::Sidecar::Compat
+    original = compat.method(:constantize)
+    counting = ->(name) { lookups[name] += 1; original.call(name) }
+    compat.define_singleton_method(:constantize, &counting)
+    begin
+      3.times { assert_equal 200, perform(aj_job(AjContextJob.new(1, label: "x", count: 1))).first }
+      2.times do
+        aj = aj_job(AjContextJob.new(1, label: "x", count: 1))
+        aj["args"][0]["job_class"] = "PlainPerformer"
+        assert_equal 400, perform(aj).first
+      end
+    ensure
+      compat.define_singleton_method(:constantize, original)
+    end
+    assert_equal [1, 2], [lookups["AjContextJob"], lookups["PlainPerformer"]]
+    assert_empty Recorder[:plain_new]
+  end
+
   def test_an_allowed_plain_class_runs
     Fastworker::Sidecar.allow_classes("PlainPerformer")
     assert_equal 200, perform(job("PlainPerformer", [7])).first
