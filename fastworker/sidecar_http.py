@@ -374,7 +374,7 @@ class SidecarHTTP:
                 continue
             conns = [await self._open() for _ in range(min(missing, room))]
             known = await asyncio.gather(*(self._identify(c) for c in conns))
-            self._idle.extend(c for c, ok in zip(conns, known) if ok)
+            self._idle.extend(c for c, ok in zip(conns, known, strict=True) if ok)
         self._trim(per)
 
     def _trim(self, per: int) -> None:
