@@ -21,8 +21,21 @@ if [ -n "$missing" ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! $PY -c "import fastworker._core, pytest_benchmark, hypothesis, pytest_asyncio, mypy, ruff" 2>/dev/null \
-   || [ fastworker/_core.pyx -nt "$(ls fastworker/_core*.so 2>/dev/null | head -1)" ]; then
+# pip runs again when a dependency in pyproject.toml is missing or outside its bounds (a bound
+# tightened after an earlier install), not only on a machine without fastworker
+deps_ok() {
+  $PY - <<'PYEOF' 2>/dev/null
+import tomllib
+from importlib.metadata import version
+from packaging.requirements import Requirement
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    req = Requirement(spec)
+    assert req.specifier.contains(version(req.name), prereleases=True), spec
+import fastworker._core
+PYEOF
+}
+if ! deps_ok || [ fastworker/_core.pyx -nt "$(ls fastworker/_core*.so 2>/dev/null | head -1)" ]; then
   echo "setup: pip install -e .[dev]"
   $PY -m pip install -q --disable-pip-version-check "cython>=3.0,<4" setuptools wheel
   $PY -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[dev]"
