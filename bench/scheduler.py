@@ -37,6 +37,7 @@ from fastworker.broker import RedisHealth  # noqa: E402
 from fastworker.clock import REAL_CLOCK  # noqa: E402
 from fastworker.keys import Keys  # noqa: E402
 from fastworker.scheduler import Scheduler  # noqa: E402
+from tests.helpers.sync_redis import SyncRedis  # noqa: E402
 
 
 JID_BASE = os.urandom(8).hex()  # jids as SecureRandom.hex(12) makes them: hex, not digit runs
@@ -48,7 +49,7 @@ def payload(i: int, created: float) -> bytes:
                          "tags": ["bench"], "backtrace": False})
 
 
-def seed(r: redis.Redis, key: str, n: int, score: Callable[[int], float], start: int = 0) -> None:
+def seed(r: SyncRedis, key: str, n: int, score: Callable[[int], float], start: int = 0) -> None:
     now = time.time()
     for lo in range(start, start + n, 10_000):
         hi = min(lo + 10_000, start + n)
@@ -73,7 +74,7 @@ def _tick_process(url: str, go: Any, out: Any) -> None:
     out.put((counts["schedule"], time.perf_counter()))
 
 
-def move_due(url: str, r: redis.Redis, n: int, workers: int) -> float:
+def move_due(url: str, r: SyncRedis, n: int, workers: int) -> float:
     """Seconds from the start signal until the last of ``workers`` scheduler processes is done."""
     r.flushdb()
     now = time.time()
@@ -97,7 +98,7 @@ def move_due(url: str, r: redis.Redis, n: int, workers: int) -> float:
     return elapsed
 
 
-async def idle_polls(url: str, r: redis.Redis, polls: int) -> tuple[list[float], float]:
+async def idle_polls(url: str, r: SyncRedis, polls: int) -> tuple[list[float], float]:
     s = scheduler(url)
     await s.redis.ping()
     r.config_resetstat()
@@ -125,7 +126,7 @@ def free_port() -> int:
 
 
 async def main(url: str) -> None:
-    r = redis.Redis.from_url(url)
+    r: SyncRedis = redis.Redis.from_url(url)
     print(f"redis {r.info('server')['redis_version']} at {url}; python {sys.version.split()[0]}; "
           f"{os.cpu_count()} CPUs")
 

@@ -22,6 +22,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.helpers.procs import StubSidecar, free_port, wait_until, with_secret  # noqa: E402
+from tests.helpers.sync_redis import SyncRedis  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    r = redis.Redis.from_url(a.redis_url)
+    r: SyncRedis = redis.Redis.from_url(a.redis_url)
     r.flushdb()
     now = time.time()
     p = r.pipeline(transaction=False)

@@ -74,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "bench/app"
 sys.path.insert(0, str(ROOT))
 from tests.helpers.procs import StubSidecar, free_port, wait_http, wait_until, with_secret  # noqa: E402
+from tests.helpers.sync_redis import SyncRedis  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -256,7 +257,7 @@ class Server:
         self.procs.append(worker)
         self.worker_pid = worker.pid
 
-    def wait_ready(self, r: redis.Redis) -> None:
+    def wait_ready(self, r: SyncRedis) -> None:
         """Booted and fetching: each Sidekiq process, or the worker, has written its process record
         (the sidecar answered /health before the worker started). Identities are host:pid:nonce,
         for both servers; a record of any other process means a stray server on this Redis DB,
@@ -318,11 +319,11 @@ def times(v: float | None) -> str:
 
 # --- throughput --------------------------------------------------------------------------------
 
-def processed(r: redis.Redis) -> int:
+def processed(r: SyncRedis) -> int:
     return int(r.get("stat:processed") or 0)
 
 
-def run_batch(r: redis.Redis, name: str, staged: str, n: int) -> None:
+def run_batch(r: SyncRedis, name: str, staged: str, n: int) -> None:
     """Release a staged batch of n jobs into the queue at once (RENAME wakes blocked fetches) and
     wait until the server is through it."""
     base = processed(r)
@@ -337,7 +338,7 @@ def run_batch(r: redis.Redis, name: str, staged: str, n: int) -> None:
 
 
 def throughput(a: argparse.Namespace, name: str, kind: str, log: str) -> dict:
-    r = redis.Redis.from_url(a.redis_url)
+    r: SyncRedis = redis.Redis.from_url(a.redis_url)
     r.flushdb()
     enqueue(a.redis_url, kind, {"bench:warmup": a.warmup, "bench:timed": a.jobs})
     if r.llen("bench:timed") != a.jobs:
@@ -435,7 +436,7 @@ def throughput_mode(a: argparse.Namespace) -> None:
 
 # --- latency -----------------------------------------------------------------------------------
 
-def push_steady(r: redis.Redis, rate: float, n: int) -> None:
+def push_steady(r: SyncRedis, rate: float, n: int) -> None:
     """LPUSH n LatencyWorker jobs, as Sidekiq's client writes them, at `rate` per second. Due
     times are absolute, so a late push is followed by quicker ones rather than a slower rate."""
     t_start = time.monotonic()
@@ -453,7 +454,7 @@ def pct(sorted_ms: list[float], p: float) -> float:
 
 
 def latency(a: argparse.Namespace, name: str, log: str, rate: float) -> dict:
-    r = redis.Redis.from_url(a.redis_url)
+    r: SyncRedis = redis.Redis.from_url(a.redis_url)
     r.flushdb()
     srv = Server(name, a, log)
     srv.start()
@@ -520,7 +521,7 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 
 def slow(a: argparse.Namespace, name: str, log: str) -> dict:
-    r = redis.Redis.from_url(a.redis_url)
+    r: SyncRedis = redis.Redis.from_url(a.redis_url)
     r.flushdb()
     enqueue(a.redis_url, "sleep", {"bench:timed": SLOW_JOBS})
     srv = Server(name, a, log)

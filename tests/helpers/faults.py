@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from tests.helpers.procs import ROOT, Worker, free_port, wait_http, wait_until, with_secret
+from tests.helpers.sync_redis import SyncRedis
 
 
 
@@ -48,7 +49,7 @@ class PrivateRedis:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def client(self, db: int = 0) -> redis.Redis:
+    def client(self, db: int = 0) -> SyncRedis:
         return redis.Redis(port=self.port, db=db, socket_timeout=5)
 
     def start(self) -> None:
@@ -83,7 +84,7 @@ class PrivateRedis:
         return self.proc is not None and self.proc.poll() is None
 
 
-def _ping(r: redis.Redis) -> bool:
+def _ping(r: SyncRedis) -> bool:
     try:
         return bool(r.ping())
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):  # LOADING is a ResponseError
@@ -201,7 +202,7 @@ def make_job(klass: str = "HardJob", args: list[Any] | None = None, queue: str =
             "jid": jid or secrets.token_hex(12), "created_at": now, "enqueued_at": now}
 
 
-def push(r: redis.Redis, jobs: list[dict[str, Any]]) -> list[str]:
+def push(r: SyncRedis, jobs: list[dict[str, Any]]) -> list[str]:
     """LPUSH like Sidekiq::Client (oldest at the right end, popped first); returns the jids in order."""
     p = r.pipeline(transaction=False)
     for job in jobs:
@@ -247,20 +248,20 @@ def jobs(n: int, klass: str = "SlowJob", seconds: float = 0.02, queue: str = "de
     return [make_job(klass, [seconds] if klass == "SlowJob" else [], queue) for _ in range(n)]
 
 
-def drained(rr: redis.Redis, queues: tuple[str, ...] = ("default",)) -> bool:
+def drained(rr: SyncRedis, queues: tuple[str, ...] = ("default",)) -> bool:
     return all(rr.llen(f"queue:{q}") == 0 for q in queues) and inprogress_total(rr) == 0
 
 
-def no_retry_spent(rr: redis.Redis, stub: FileStub) -> None:
+def no_retry_spent(rr: SyncRedis, stub: FileStub) -> None:
     assert rr.zcard("retry") == 0 and rr.zcard("dead") == 0
     assert all(rec["retry_count"] is None for rec in stub.executions())  # never failed, never counted
 
 
-def queue_raws(r: redis.Redis, queue: str = "default") -> list[bytes]:
+def queue_raws(r: SyncRedis, queue: str = "default") -> list[bytes]:
     return [x if isinstance(x, bytes) else x.encode() for x in r.lrange(f"queue:{queue}", 0, -1)]
 
 
-def inprogress_total(r: redis.Redis) -> int:
+def inprogress_total(r: SyncRedis) -> int:
     return sum(r.llen(k) for k in r.keys("fastworker:inprogress:*"))
 
 
@@ -275,7 +276,7 @@ def predis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-def rr(predis: PrivateRedis) -> Iterator[redis.Redis]:
+def rr(predis: PrivateRedis) -> Iterator[SyncRedis]:
     c = predis.client()
     yield c
     c.close()
