@@ -110,6 +110,9 @@ class JobWaitsTest < Minitest::Test
     assert_equal [1, false], waits.plan(jobs(%w[Tiny] * 10)), "under WAIT_MIN per job"
     assert_equal [1, false], waits.plan(jobs(%w[Unknown Unknown])), "not yet seen"
     assert_equal [1, false], waits.plan(jobs(%w[Io])), "one job: nothing to overlap it with"
+    waits.learn("Quick" => [256e-6, 452e-6, 4]) # one Redis call each: waits about half what it computes
+    assert_equal [2, false], waits.plan(jobs(%w[Quick] * 4)),
+                 "a second thread overlaps the waits; not waiting, so the worker keeps pipelining"
     assert_equal [2, true], waits.plan(jobs(%w[Io Io])), "1 + wait / CPU threads, one per job at most"
     assert_equal [5, true], waits.plan(jobs(%w[Io Io Io Io Io Io Cpu]))
     assert_equal [4, true], waits.plan([{"class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "Io"}] * 4),
@@ -125,6 +128,10 @@ class JobWaitsTest < Minitest::Test
     assert_equal 2, runs.count([1, true]), "a probe runs serial and still says its jobs wait"
     assert_equal [true], runs.map(&:last).uniq
     assert_equal [1, false], waits.plan(jobs(%w[Cpu Cpu])), "jobs not known to wait"
+    waits.learn("Quick" => [64e-6, 113e-6, 1])
+    quick = Array.new(W::PROBE) { waits.plan(jobs(%w[Quick] * 4)) }
+    assert_includes quick, [1, false], "a probe of jobs that wait less than they compute"
+    assert_equal [false], quick.map(&:last).uniq, "never said to wait: the worker keeps pipelining them"
     assert waits.learning?, "a probe batch measures its jobs"
     learned = Array.new(W::LEARN_EVERY * 3) { waits.learning? }
     assert_equal 3, learned.count(true), "other batches one in LEARN_EVERY"

@@ -12,24 +12,31 @@ module Fastworker
     #    batch's means, folded into moving averages). Jobs run at the same time also wait for
     #    the GVL, which says nothing about the job, so they teach nothing.
     # 2. `plan(jobs)` => [threads, waiting]: threads more than 1 when the batch holds jobs of
-    #    classes that wait WAIT_MIN or more and at least as long as they compute, TOTAL_MIN or
-    #    more in all. Such a job leaves the GVL free while it waits, so another one computes
-    #    meanwhile. A job that mostly computes gains nothing from other threads: on a busy
-    #    machine its wall time also holds the moments the OS ran another process, which look
-    #    like waiting but are in proportion to its CPU time, hence the second test. Every
-    #    PROBE-th batch that would run together runs one after the other instead, to learn
-    #    again (still waiting). A class not yet seen does not wait.
+    #    classes that wait WAIT_MIN or more and at least OVERLAP_MIN of what they compute,
+    #    TOTAL_MIN or more in all. Such a job leaves the GVL free while it waits, so another one
+    #    computes meanwhile. A job that mostly computes gains nothing from other threads: on a
+    #    busy machine its wall time also holds the moments the OS ran another process, which
+    #    look like waiting but are in proportion to its CPU time, hence the second test.
+    #    `waiting` (the worker then sends such jobs one request per process, none pipelined)
+    #    only when they wait at least as long as they compute: jobs that wait less, one quick
+    #    query each, still keep Ruby busy between batches, and a pipelined request behind them
+    #    waits less than Ruby would idle without it. Every PROBE-th batch that would run
+    #    together runs one after the other instead, to learn again. A class not yet seen does
+    #    not wait.
     # Only this class decides; the Executor runs each job the same way either way.
     class JobWaits
       WAIT_MIN = 30e-6 # seconds: below this, handing a job to another thread costs what it saves
       TOTAL_MIN = 150e-6 # seconds of waiting in one batch, at least
+      # Wait / CPU from which a second thread pays. bench/vs_sidekiq.py --kind redis (an RPUSH
+      # per job: 64 us of wait, 113 of CPU), one process, two interleaved rounds: 5,463 / 5,804
+      # jobs/s against 5,092 / 5,254 when only classes waiting as long as they compute had one.
+      OVERLAP_MIN = 0.4
       PROBE = 32
       LEARN_EVERY = 4
       ALPHA = 0.2
       SPIKE = 4.0 # a batch's mean counts at most this many times the average (a GC pause, a preemption)
       FLOOR = 50e-6 # the spike limit never falls under SPIKE times this (an average near 0)
       SERIAL = [1, false].freeze
-      SERIAL_WAITING = [1, true].freeze
 
       # The class a job is known by: the wrapped ActiveJob class, else the job class.
       def self.class_of(job)
@@ -55,9 +62,10 @@ module Fastworker
       # [threads, waiting]. threads: how many a batch of these jobs runs on, 1 (one after the
       # other) or as many as keep one job computing while the others wait, 1 + wait / CPU of
       # its waiting jobs (each extra thread costs a hand-over, so no more than that), at most
-      # one per job. waiting: whether its jobs wait, also on a probe run one after the other
-      # (the App tells the worker, which then keeps such jobs in one request: a second one
-      # pipelined behind it would wait for all of them on one thread).
+      # one per job. waiting: whether its jobs wait at least as long as they compute, also on
+      # a probe run one after the other (the App tells the worker, which then keeps such jobs
+      # in one request: a second one pipelined behind it would wait for all of them on one
+      # thread).
       def plan(jobs)
         return SERIAL if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
 
@@ -71,12 +79,13 @@ module Fastworker
         end
         return SERIAL if wait < TOTAL_MIN
 
+        waiting = wait >= cpu
         @together += 1
         if (@together % PROBE).zero?
           @probe = true
-          return SERIAL_WAITING
+          return [1, waiting]
         end
-        [[jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min, true]
+        [[jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min, waiting]
       end
 
       # Whether a batch about to run one after the other measures its jobs for #learn: every
@@ -100,7 +109,7 @@ module Fastworker
             [fold(old[0], wait / count), fold(old[1], cpu / count)]
           end
           @waits[klass] = now
-          if now[0] >= WAIT_MIN && now[0] >= now[1]
+          if now[0] >= WAIT_MIN && now[0] >= OVERLAP_MIN * now[1]
             @waiting[klass] = now
           else
             @waiting.delete(klass)
