@@ -146,7 +146,7 @@ class SidecarClient:
         task = asyncio.current_task()
         self.outstanding[task] = time.monotonic()
         request = self.http.request("POST", path, data, self._signed("POST", path, data, headers),
-                                    None, pipelined)
+                                    None, pipelined, jobs=len(jids) if jids else 1)
         try:
             resp = await (request if not self.job_timeout or jids is None else self._cutting_off(request, jids))
             self.last_answer = time.monotonic()

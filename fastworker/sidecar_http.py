@@ -8,14 +8,15 @@ Duties:
    broke, or whose request was cancelled or timed out half-way is closed, never reused;
 3. spread the requests over the sidecar's processes (Puma workers): every answer names the process
    that wrote it (``x-fastworker-pid``), a request goes out on an idle connection to the process with
-   the fewest requests in flight and a free job slot (each process runs ``capacity`` at once and
-   answers 503 beyond), and a new connection is opened while a process the sidecar advertises has
-   none, since a keep-alive connection stays with the process that accepted it; ``warm`` opens and
-   identifies connections up front, so the first burst already spreads, and a connection opened
-   later is identified (the ``probe`` request) before it carries a job, since it may have landed on
-   a process whose slots are all taken; a request for one
-   process (``prefer_pid``: an exhausted job's hooks, where its live exception is) takes an idle
-   connection to it, or waits up to PREFER_WAIT for a busy one to come back;
+   the fewest jobs in flight and a free job slot (each process runs ``capacity`` at once and
+   answers 503 beyond; a batch counts its jobs, which may all run at once), and a new connection
+   is opened while a process the sidecar advertises has none, since a keep-alive connection stays
+   with the process that accepted it; ``warm`` opens and identifies connections up front, so the
+   first burst already spreads, and a connection opened later is identified (the ``probe``
+   request) before it carries a job, since it may have landed on a process whose slots are all
+   taken; a request for one process (``prefer_pid``: an exhausted job's hooks, where its live
+   exception is) takes an idle connection to it, or waits up to PREFER_WAIT for a busy one to come
+   back;
 4. pipelining: a request sent with ``pipelined=True`` may go out on a connection that already has
    such requests in flight, up to ``depth`` (what the sidecar's /health advertises as ``pipeline``),
    so the sidecar process runs the next one the moment it has answered the last, on the same Puma
@@ -213,31 +214,32 @@ class SidecarHTTP:
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._piping: set[_Conn] = set()  # busy with pipelined requests, taken by no other kind
-        self._load: dict[str | None, int] = {}  # requests in flight per sidecar process
+        self._load: dict[str | None, int] = {}  # job slots in flight per sidecar process (``jobs``)
         self._awaiting: dict[str, list[asyncio.Future[None]]] = {}  # pid -> requests waiting for it
         self._slot = asyncio.Semaphore(self.limit)
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
-                      pipelined: bool = False, prefer_pid: str | None = None) -> Response:
+                      pipelined: bool = False, prefer_pid: str | None = None, jobs: int = 1) -> Response:
         """One request; raises TransportError when no complete answer came back. ``pipelined``: it
         may queue behind other pipelined requests on one connection (duty 4). ``prefer_pid``: an
-        idle connection to that sidecar process, when there is one."""
+        idle connection to that sidecar process, when there is one. ``jobs``: the job slots it may
+        take there (a batch's jobs can run at the same time), which is what a process's load counts."""
         data = self._encode(method, path, body, headers)
         piped = pipelined and self.depth > 1
         if piped:
             conn = self._pipe()
             if conn is not None:  # rides on a connection already in use: no slot of its own
-                return await self._exchange(conn, data, timeout)
+                return await self._exchange(conn, data, timeout, jobs)
         async with self._slot:
             conn = await self._acquire(prefer_pid)
             if piped:
                 self._piping.add(conn)
-            return await self._exchange(conn, data, timeout)
+            return await self._exchange(conn, data, timeout, jobs)
 
-    async def _exchange(self, conn: _Conn, data: bytes, timeout: float | None) -> Response:
+    async def _exchange(self, conn: _Conn, data: bytes, timeout: float | None, jobs: int = 1) -> Response:
         pid = conn.pid
-        self._load[pid] = self._load.get(pid, 0) + 1
+        self._load[pid] = self._load.get(pid, 0) + jobs
         conn.in_flight += 1
         done = False
         try:
@@ -250,7 +252,7 @@ class SidecarHTTP:
         except TimeoutError as exc:
             raise TransportTimeout(f"no answer within {timeout:g} s") from exc
         finally:
-            self._load[pid] -= 1
+            self._load[pid] -= jobs
             conn.in_flight -= 1
             if not (done and not conn.closed):  # broken, cancelled or timed out half-way: out of step
                 self._discard(conn)

@@ -221,6 +221,35 @@ async def test_requests_spread_over_the_sidecar_processes():
     await srv.stop()
 
 
+async def test_a_batch_counts_its_jobs_against_its_process_slots():
+    """A batch of jobs that wait runs them all at once, so it takes as many of its process's job
+    slots as it has jobs, not one: while a batch of 10 holds every slot of pid 1, single jobs go
+    to pid 2, even once pid 2 has more requests in flight than pid 1 (pid 1 would answer 503)."""
+    def reply(n: int, req: bytes) -> bytes:
+        return ok(b"{}", f"x-fastworker-pid: {1 if n <= 2 else 2}\r\n")
+
+    srv = Server(reply)
+    http = SidecarHTTP(await srv.start(), limit=8, connect_timeout=1)
+    http.processes, http.capacity = 2, 10
+    await asyncio.gather(*(http.request("GET", "/health") for _ in range(6)))
+    assert http.spread() == {"1": 2, "2": 4}
+    by_pid = {"1": [], "2": []}
+
+    async def job(path: str, jobs: int) -> None:
+        resp = await http.request("POST", path, b"x", jobs=jobs)
+        by_pid[resp.headers["x-fastworker-pid"]].append(path)
+
+    batch = asyncio.ensure_future(http.request("POST", "/perform_batch/slow", b"x", jobs=10, prefer_pid="1"))
+    await asyncio.sleep(0.05)
+    singles = [asyncio.ensure_future(job(f"/perform/slow/{i}", 1)) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*singles, job("/perform/next", 1))
+    assert by_pid["1"] == [] and len(by_pid["2"]) == 4, by_pid
+    await batch
+    await http.close()
+    await srv.stop()
+
+
 async def test_a_connection_opened_mid_run_is_identified_before_it_carries_a_job():
     """A new connection lands on whichever process accepts it (Puma's workers share one socket),
     maybe on one whose slots are all taken, which would answer 503. So the probe goes first: here
