@@ -88,6 +88,20 @@ class WaitingBatchTest < Minitest::Test
     assert_equal 0, @drain.in_flight
   end
 
+  def test_a_batch_runs_on_the_slots_left_instead_of_refusing_a_job
+    taught
+    other = Thread.new { batch([job("WaitJob", [0.4])]) } # another request holds one of the 4 slots
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 1.0
+    sleep 0.005 until @drain.in_flight == 1 || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+    jobs = waits(4, 0.05)
+    status, items, = batch(jobs)
+    assert_equal [200, %w[done] * 4], [status, items.map { |i| i["status"] }], "no job of the batch refused at capacity"
+    ran = Recorder[:wait].select { |w| jobs.any? { |j| j["jid"] == w["jid"] } }
+    assert_equal 3, ran.map { |w| w["thread"] }.uniq.size, "the batch ran on the 3 slots left"
+    assert_equal [%w[done]], [other.value[1].map { |i| i["status"] }]
+    assert_equal 0, @drain.in_flight
+  end
+
   def test_a_bad_line_in_a_waiting_batch_is_its_own_answer
     taught
     raws = [JSON.generate(job("WaitJob", [0.01])), "{not json", JSON.generate(job("WaitJob", [0.01]))]
@@ -161,6 +175,29 @@ class JobThreadsTest < Minitest::Test
     assert_empty left
     assert_equal (0...20).to_a, got.map(&:first).sort
     assert_equal 4, got.map(&:last).uniq.size
+  end
+
+  def test_an_index_handed_back_busy_goes_to_a_thread_that_stays
+    threads = Fastworker::Sidecar::JobThreads.new(3)
+    tries = Hash.new(0)
+    lock = Mutex.new
+    running = Queue.new
+    left = threads.each(6, 3) do |i, _|
+      first = lock.synchronize { (tries[i] += 1) == 1 }
+      if i.zero? && first
+        running.pop # another thread runs one: 0 comes back busy while it does
+        Fastworker::Sidecar::JobThreads::BUSY
+      else
+        running << i
+        sleep 0.05
+        nil
+      end
+    end
+    assert_empty left
+    assert_equal({0 => 2, 1 => 1, 2 => 1, 3 => 1, 4 => 1, 5 => 1}, tries)
+    alone = Hash.new(0)
+    assert_empty threads.each(3, 1) { |i, _| alone[i] += 1 and Fastworker::Sidecar::JobThreads::BUSY }
+    assert_equal({0 => 1, 1 => 1, 2 => 1}, alone, "the last thread's busy stands")
   end
 
   def test_stop_leaves_the_rest_and_a_raising_block_leaves_the_helpers_alive

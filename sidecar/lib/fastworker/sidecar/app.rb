@@ -207,7 +207,9 @@ module Fastworker
 
       # At the same time, on this thread and threads - 1 helpers; a job stopped by POST /cancel
       # or a closed connection leaves the jobs not yet started unattempted, as one after the
-      # other would.
+      # other would. A job that finds every slot taken (other requests hold them) waits for a
+      # thread of its own batch instead of being refused, as it would one after the other: the
+      # batch then runs on fewer threads.
       def together(jobs, lines, keys, socket, tally, threads)
         results = Array.new(jobs.size)
         times = Array.new(jobs.size, 0.0)
@@ -221,6 +223,7 @@ module Fastworker
             round.stop! if cancelled
           end
           times[i] = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+          JobThreads::BUSY if results[i].at_capacity?
         end
         left.each { |i| results[i] = Result.unavailable(:cancelled, jobs[i].is_a?(Hash) ? jobs[i]["jid"] : nil) }
         @drain.request_done

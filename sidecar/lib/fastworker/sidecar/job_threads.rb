@@ -17,10 +17,15 @@ module Fastworker
     #    once, spread over the calling thread and up to `threads - 1` helper threads (`size - 1`
     #    at most), each taking the next index as it finishes the last; it returns once every
     #    index has been yielded and every block has returned. `round.stop!` (from within a
-    #    block) leaves the indexes not yet taken unyielded; they are returned.
+    #    block) leaves the indexes not yet taken unyielded; they are returned. A block that
+    #    returns BUSY (its job found no free slot) hands its index back while another thread of
+    #    the round still runs one, and its thread leaves the round: that index is yielded again
+    #    to a thread that stays, once it is done with its own (the last thread's BUSY stands).
     # 2. Start the helpers on first use in the process that uses them (a Puma worker, after
     #    the fork) and keep them; a helper survives whatever a block raises.
     class JobThreads
+      BUSY = :busy # a block's answer: its job found every job slot taken
+
       # One call of #each: the indexes handed out, and who still runs a block of it.
       class Round
         attr_reader :left
@@ -29,30 +34,35 @@ module Fastworker
           @count = count
           @block = block
           @next = 0
+          @back = [] # indexes handed back (BUSY), yielded again before the next new one
           @active = 0
           @left = []
           @lock = Mutex.new
           @done = ConditionVariable.new
         end
 
-        # Run blocks until no index is left (called by the owner and by each helper).
+        # Run blocks until no index is left (called by the owner and by each helper). A thread
+        # leaves under the lock in the same step that finds nothing left or hands an index
+        # back, so an index handed back always has a thread still in the round to take it.
         def work
           @lock.synchronize { @active += 1 }
+          inside = true
           begin
             while (i = take)
-              @block.call(i, self)
+              next unless @block.call(i, self) == BUSY
+
+              break if hand_back(i)
             end
+            inside = false
           ensure
-            @lock.synchronize do
-              @active -= 1
-              @done.broadcast if @active.zero?
-            end
+            @lock.synchronize { leave } if inside
           end
         end
 
         def stop!
           @lock.synchronize do
-            @left.concat((@next...@count).to_a)
+            @left.concat(@back, (@next...@count).to_a)
+            @back.clear
             @next = @count
           end
         end
@@ -61,18 +71,42 @@ module Fastworker
         def wait
           @lock.synchronize do
             @done.wait(@lock) until @next >= @count && @active.zero?
+            @left.concat(@back) # only when a block raised in the last thread: never run
+            @back.clear
           end
         end
 
         private
 
+        # The next index, or nil (and this thread has left).
         def take
           @lock.synchronize do
-            return nil if @next >= @count
+            return @back.shift unless @back.empty?
+            if @next >= @count
+              leave
+              return nil
+            end
 
             @next += 1
             @next - 1
           end
+        end
+
+        # Whether `i` went back to the round (another thread still runs a job of it) and this
+        # thread left; false for the last thread, whose answer stands.
+        def hand_back(i)
+          @lock.synchronize do
+            return false if @active <= 1
+
+            @back << i
+            leave
+            true
+          end
+        end
+
+        def leave
+          @active -= 1
+          @done.broadcast if @active.zero?
         end
       end
 

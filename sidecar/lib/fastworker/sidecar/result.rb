@@ -48,6 +48,11 @@ module Fastworker
         new(503, "unavailable", {"jid" => jid, "status" => "unavailable", "error" => reason.to_s}, headers)
       end
 
+      # Refused for want of a job slot (the job never started).
+      def at_capacity?
+        @outcome == "unavailable" && @body["error"] == "at_capacity"
+      end
+
       def self.bad_request(reason)
         new(400, "bad_request", {"error" => reason})
       end
