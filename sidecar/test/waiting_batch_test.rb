@@ -127,8 +127,10 @@ class JobWaitsTest < Minitest::Test
     waits.learn("Quick" => [256e-6, 452e-6, 4]) # one Redis call each: waits about half what it computes
     assert_equal [2, false], waits.plan(jobs(%w[Quick] * 4)),
                  "a second thread overlaps the waits; not waiting, so the worker keeps pipelining"
-    assert_equal [2, true], waits.plan(jobs(%w[Io Io])), "1 + wait / CPU threads, one per job at most"
-    assert_equal [5, true], waits.plan(jobs(%w[Io Io Io Io Io Io Cpu]))
+    assert_equal [2, true], waits.plan(jobs(%w[Io Io])), "jobs that wait as long as they compute: one thread each"
+    assert_equal [7, true], waits.plan(jobs(%w[Io Io Io Io Io Io Cpu])), "all their waits overlap"
+    waits.learn("Half" => [300e-6, 400e-6, 4])
+    assert_equal [2, false], waits.plan(jobs(%w[Half] * 6)), "waiting less: 1 + wait / CPU threads, a hand-over each"
     assert_equal [4, true], waits.plan([{"class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "Io"}] * 4),
       "an ActiveJob is known by the class it wraps"
     waits.learn("Io" => [4e-6, 800e-6, 4]) until waits.of("Io")[0] < W::WAIT_MIN

@@ -31,6 +31,12 @@ module Fastworker
       # per job: 64 us of wait, 113 of CPU), one process, two interleaved rounds: 5,463 / 5,804
       # jobs/s against 5,092 / 5,254 when only classes waiting as long as they compute had one.
       OVERLAP_MIN = 0.4
+      # One thread per job for batches that wait (#plan), where it was 1 + wait / CPU.
+      # bench/vs_sidekiq.py --kind wait --log warn --servers fastworker --jobs 15000 --warmup 3000,
+      # interleaved rounds, 2026-12-05: one process 3,489 / 3,607 / 3,686 jobs/s against 3,326 /
+      # 3,461 / 3,358; the whole machine 5,999 / 6,000 / 5,813 against 5,876 / 5,925 / 5,867. Jobs
+      # that wait less (--kind redis) kept their threads: one each measured 5,416-5,951 against
+      # 5,431-6,025.
       PROBE = 32
       LEARN_EVERY = 4
       ALPHA = 0.2
@@ -60,12 +66,14 @@ module Fastworker
       end
 
       # [threads, waiting]. threads: how many a batch of these jobs runs on, 1 (one after the
-      # other) or as many as keep one job computing while the others wait, 1 + wait / CPU of
-      # its waiting jobs (each extra thread costs a hand-over, so no more than that), at most
-      # one per job. waiting: whether its jobs wait at least as long as they compute, also on
-      # a probe run one after the other (the App tells the worker, which then keeps such jobs
-      # in one request: a second one pipelined behind it would wait for all of them on one
-      # thread).
+      # other) or, for jobs that wait less than they compute, as many as keep one job computing
+      # while the others wait, 1 + wait / CPU of its waiting jobs (each extra thread costs a
+      # hand-over). Jobs that wait at least as long get one thread each: all their waits then
+      # overlap and the batch answers sooner, which is what the worker waits for while its
+      # request is the only one on that process (the figures are under OVERLAP_MIN). waiting:
+      # whether its jobs wait at least as long as they compute, also on a probe run one after
+      # the other (the App tells the worker, which then keeps such jobs in one request: a
+      # second one pipelined behind it would wait for all of them on one thread).
       def plan(jobs)
         return SERIAL if @waiting.empty? || jobs.size < 2 # the common case costs nothing per job
 
@@ -85,7 +93,9 @@ module Fastworker
           @probe = true
           return [1, waiting]
         end
-        [[jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min, waiting]
+        return [jobs.size, true] if waiting
+
+        [[jobs.size, 1 + (wait / [cpu, 1e-6].max).ceil].min, false]
       end
 
       # Whether a batch about to run one after the other measures its jobs for #learn: every
