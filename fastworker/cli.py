@@ -10,7 +10,7 @@ Duties:
    endpoints on a non-loopback address while no secret is set (the sidecar's rule, signing.py).
 4. Hand the Config to ``fastworker.launcher.run`` and return its exit code.
 
-The launcher (asyncio, uvloop, redis, aiohttp) is imported only after the configuration is valid,
+The launcher (asyncio, uvloop, redis) is imported only after the configuration is valid,
 so ``--help`` and usage errors stay fast and never depend on those packages.
 """
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"fastworker: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
 
-    # Heavy imports (asyncio, uvloop, redis, aiohttp) only once the configuration is known to be good.
+    # Heavy imports (asyncio, uvloop, redis) only once the configuration is known to be good.
     launcher = importlib.import_module("fastworker.launcher")
     code = launcher.run(config, sources)
     return 0 if code is None else int(code)

@@ -149,6 +149,20 @@ def test_help_and_errors_do_not_import_the_runtime() -> None:
     assert out.stderr.splitlines()[-1] == "RESULT [2, 0, 0] []"
 
 
+
+def test_the_runtime_never_imports_aiohttp() -> None:
+    # importing aiohttp costs ~10 MB of PSS (http_server.py, sidecar_http.py): the whole-machine
+    # memory goal counts it, so no module the running worker loads may pull it in
+    code = (
+        "import sys, fastworker.launcher, fastworker.http_server, fastworker.sidecar_http\n"
+        "print('RESULT', sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'), file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines()[-1] == "RESULT []"
+
 # -- in process: the hand-off to the launcher --------------------------------------------------------------
 
 
