@@ -142,11 +142,7 @@ def test_help_and_errors_do_not_import_the_runtime() -> None:
         "heavy = sorted(m for m in ('asyncio', 'uvloop', 'redis', 'aiohttp', 'fastworker.launcher') if m in sys.modules)\n"
         "print('RESULT', codes, heavy, file=sys.stderr)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.splitlines()[-1] == "RESULT [2, 0, 0] []"
+    assert python_result(code) == "RESULT [2, 0, 0] []"
 
 
 
@@ -157,11 +153,16 @@ def test_the_runtime_never_imports_aiohttp() -> None:
         "import sys, fastworker.launcher, fastworker.http_server, fastworker.sidecar_http\n"
         "print('RESULT', sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'), file=sys.stderr)\n"
     )
+    assert python_result(code) == "RESULT []"
+
+
+def python_result(code: str) -> str:
+    """The last line ``code`` writes to stderr, run in a fresh interpreter (what it imported is its own)."""
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stderr.splitlines()[-1] == "RESULT []"
+    return out.stderr.splitlines()[-1]
 
 # -- in process: the hand-off to the launcher --------------------------------------------------------------
 
