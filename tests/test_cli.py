@@ -145,10 +145,9 @@ def test_help_and_errors_do_not_import_the_runtime() -> None:
     assert python_result(code) == "RESULT [2, 0, 0] []"
 
 
-
 def test_the_runtime_never_imports_aiohttp() -> None:
     # importing aiohttp costs ~10 MB of PSS (http_server.py, sidecar_http.py): the whole-machine
-    # memory goal counts it, so no module the running worker loads may pull it in
+    # memory goal counts it, so none of the modules the worker starts with may pull it in
     code = (
         "import sys, fastworker.launcher, fastworker.http_server, fastworker.sidecar_http\n"
         "print('RESULT', sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'), file=sys.stderr)\n"
@@ -163,6 +162,7 @@ def python_result(code: str) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stderr.splitlines()[-1]
+
 
 # -- in process: the hand-off to the launcher --------------------------------------------------------------
 
