@@ -140,8 +140,9 @@ class JobWaitsTest < Minitest::Test
   def test_every_probe_th_batch_runs_one_after_the_other_to_learn_again
     waits = W.new
     waits.learn("Io" => [200e-6, 50e-6, 1])
-    runs = Array.new(W::PROBE * 2) { waits.plan(jobs(%w[Io Io Io])) }
-    assert_equal 2, runs.count([1, true]), "a probe runs serial and still says its jobs wait"
+    runs = Array.new(W::PROBE * 4) { waits.plan(jobs(%w[Io Io Io])) }
+    probes = runs.each_index.select { |i| runs[i] == [1, true] }
+    assert_equal [7, 23, 55, 87, 119], probes, "a probe runs serial and still says its jobs wait: after 8 and 16 batches, then every PROBE-th"
     assert_equal [true], runs.map(&:last).uniq
     assert_equal [1, false], waits.plan(jobs(%w[Cpu Cpu])), "jobs not known to wait"
     waits.learn("Quick" => [64e-6, 113e-6, 1])
@@ -157,11 +158,32 @@ class JobWaitsTest < Minitest::Test
     classes.map { |c| {"class" => c} }
   end
 
+  # The first figures of a class may be a cold run's. Batches run together teach nothing but
+  # their probes, so a class whose first sample made it look CPU-bound must still reach one
+  # thread per job soon: here within a quarter of tests/test_waiting_jobs.py's 160 batches.
+  def test_a_cold_first_sample_is_outgrown
+    waits = W.new
+    learned = 0
+    plans = Array.new(40) do
+      plan = waits.plan(jobs(%w[Io] * 5))
+      if plan.first == 1 && waits.learning?
+        cpu = learned.zero? ? 1e-3 : 60e-6
+        learned += 1
+        waits.learn("Io" => [5 * 300e-6, 5 * cpu, 5])
+      end
+      plan
+    end
+    assert_equal [5, true], plans.last, "a class that waits 5 times what it computes, after a cold first batch"
+  end
+
   def test_averages_move_and_a_spike_counts_little
     waits = W.new
     waits.learn("A" => [100e-6, 100e-6, 1])
     waits.learn("A" => [10.0, 100e-6, 1]) # a GC pause or a preemption of 10 s
     assert_in_delta 100e-6 + (W::ALPHA * 300e-6), waits.of("A")[0], 1e-9
+    waits.learn("A" => [100e-6, 20e-6, 1])
+    assert_in_delta 100e-6 + (W::ALPHA * 300e-6) - (W::ALPHA_DOWN * W::ALPHA * 300e-6), waits.of("A")[0], 1e-9
+    assert_in_delta 100e-6 - (W::ALPHA_DOWN * 80e-6), waits.of("A")[1], 1e-9, "a lower figure counts more"
   end
 end
 
