@@ -53,6 +53,24 @@ class WaitingBatchTest < Minitest::Test
     assert_equal 0, @drain.in_flight
   end
 
+  # Wall time minus CPU time is waiting only if the job blocked: on a busy machine it also holds
+  # the moments the OS ran another process. A job that never gave up its thread waited for
+  # nothing, so its class stays one after the other.
+  def test_a_job_that_never_blocked_teaches_no_wait
+    switches = Fastworker::Sidecar::ThreadUsage.singleton_class
+    switches.alias_method(:real_voluntary_switches, :voluntary_switches)
+    switches.define_method(:voluntary_switches) { 7 } # as if none of the sleeps gave up the thread
+    taught
+    _, items, headers = batch(waits(4, 0.02))
+    assert_equal(%w[done] * 4, items.map { |i| i["status"] })
+    assert_equal 0.0, @app.instance_variable_get(:@waits).of("WaitJob")[0]
+    assert_equal 1, Recorder[:wait].map { |w| w["thread"] }.uniq.size, "one after the other"
+    assert_nil headers["x-fastworker-waiting"]
+  ensure
+    switches.alias_method(:voluntary_switches, :real_voluntary_switches)
+    switches.remove_method(:real_voluntary_switches)
+  end
+
   def test_jobs_that_compute_stay_on_the_request_thread
     3.times { batch(Array.new(4) { job("ContextJob") }) }
     _, items, headers = batch(Array.new(4) { job("ContextJob") })
@@ -184,6 +202,22 @@ class JobWaitsTest < Minitest::Test
     waits.learn("A" => [100e-6, 20e-6, 1])
     assert_in_delta 100e-6 + (W::ALPHA * 300e-6) - (W::ALPHA_DOWN * W::ALPHA * 300e-6), waits.of("A")[0], 1e-9
     assert_in_delta 100e-6 - (W::ALPHA_DOWN * 80e-6), waits.of("A")[1], 1e-9, "a lower figure counts more"
+  end
+end
+
+class ThreadUsageTest < Minitest::Test
+  def test_a_thread_that_blocks_counts_a_voluntary_switch_and_one_that_computes_none
+    usage = Fastworker::Sidecar::ThreadUsage
+    skip "getrusage(RUSAGE_THREAD) is Linux's" unless RUBY_PLATFORM.include?("linux")
+    Thread.new do
+      before = usage.voluntary_switches
+      sleep 0.001
+      slept = usage.voluntary_switches
+      x = 0
+      20_000.times { x += 1 }
+      assert_operator slept, :>, before, "a sleep gives up the thread"
+      assert_equal slept, usage.voluntary_switches, "a loop does not"
+    end.join
   end
 end
 

@@ -180,20 +180,26 @@ module Fastworker
       end
 
       # One after the other on this thread; what each job waited teaches JobWaits (when it asks).
+      # A job that never blocked (ThreadUsage) waited for nothing: the rest of its wall time was
+      # the OS running another process.
       def one_by_one(jobs, lines, keys, socket, tally)
         waits = @waits.learning? ? {} : nil
         mark = Process.clock_gettime(Process::CLOCK_MONOTONIC)
         results = []
         @executor.batch(socket: socket) do |runner|
           jobs.each_with_index do |job, i|
-            cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) if waits
+            if waits
+              cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
+              switches = ThreadUsage.voluntary_switches
+            end
             result = job.is_a?(Exception) ? Result.bad_request(job.message) : runner.call(job, lines[i], keys[i])
             now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
             tally.add(result.outcome, now - mark)
             if waits && result.outcome == "done"
               cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) - cpu
+              blocked = switches.nil? || ThreadUsage.voluntary_switches != switches
               sum = (waits[JobWaits.class_of(job)] ||= [0.0, 0.0, 0])
-              sum[0] += (now - mark) - cpu
+              sum[0] += (now - mark) - cpu if blocked
               sum[1] += cpu
               sum[2] += 1
             end
