@@ -8,9 +8,10 @@ module Fastworker
     # Duties:
     # 1. Learn, per job class, how long its jobs compute (their thread's CPU time) and how long
     #    they wait (wall time minus that: a Redis or SQL round trip, a sleep, any blocking
-    #    call; nothing for a job that never blocked, see ThreadUsage). Every LEARN_EVERY-th batch run one after the other teaches it (per class, the
-    #    batch's means, folded into moving averages). Jobs run at the same time also wait for
-    #    the GVL, which says nothing about the job, so they teach nothing.
+    #    call; nothing for a job that never blocked, see ThreadUsage). Every LEARN_EVERY-th
+    #    batch run one after the other teaches it (per class, the batch's means, folded into
+    #    moving averages). Jobs run at the same time also wait for the GVL, which says nothing
+    #    about the job, so they teach nothing.
     # 2. `plan(jobs)` => [threads, waiting]: threads more than 1 when the batch holds jobs of
     #    classes that wait WAIT_MIN or more and at least OVERLAP_MIN of what they compute,
     #    TOTAL_MIN or more in all. Such a job leaves the GVL free while it waits, so another one
