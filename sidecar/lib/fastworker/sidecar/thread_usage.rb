@@ -16,9 +16,11 @@ module Fastworker
       NVCSW_OFFSET = 128 # ru_nvcsw, the 13th long
 
       def self.load_getrusage
-        return nil unless RUBY_PLATFORM.include?("linux") && [nil].pack("p").bytesize == 8
+        return nil unless RUBY_PLATFORM.include?("linux")
 
         require "fiddle"
+        return nil unless Fiddle::SIZEOF_LONG == 8 # the offsets above
+
         Fiddle::Function.new(Fiddle.dlopen(nil)["getrusage"], [Fiddle::TYPE_INT, Fiddle::TYPE_VOIDP], Fiddle::TYPE_INT)
       rescue LoadError, StandardError # no libffi, or no such symbol
         nil
