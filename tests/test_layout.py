@@ -1,10 +1,12 @@
 """The package's shape: no module imports another that imports it back (not even lazily, inside
-a function), and README's Layout names every module in fastworker/."""
+a function), README's Layout names every module in fastworker/, and the Python it installs on is
+the one it is checked for."""
 
 from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +56,14 @@ def test_the_readme_layout_names_every_module():
     words = set(re.findall(r"[a-z_]+", listed))
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "_core_py"}
     assert not sorted(modules - words)
+
+
+def test_it_installs_only_on_the_python_it_is_checked_for():
+    # the code needs 3.11 (asyncio.timeout in clock.py and the sidecar client): a looser floor
+    # would let pip install a worker that fails at its first wait
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    floor = re.fullmatch(r">=(\d+)\.(\d+)", cfg["project"]["requires-python"])
+    assert floor is not None
+    checked = tuple(int(x) for x in cfg["tool"]["mypy"]["python_version"].split("."))
+    assert (int(floor[1]), int(floor[2])) == checked
+    assert cfg["tool"]["ruff"]["target-version"] == "py%d%d" % checked
